@@ -1,0 +1,12 @@
+"""edgellm: a CPU-first local LLM runtime for GGUF models."""
+
+import os as _os
+
+# Numba caches compiled kernels next to their source by default, which is read-only in a system
+# site-packages; keep the cache in a per-user folder instead (compiled once, reused by every run).
+_os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    _os.path.join(_os.environ.get("XDG_CACHE_HOME") or _os.path.expanduser("~/.cache"), "edgellm", "numba"),
+)
+
+__version__ = "0.1.0"
