@@ -10,3 +10,10 @@ _os.environ.setdefault(
 )
 
 __version__ = "0.1.0"
+
+
+def load(path=None, threads=None, ctx=4096):
+    """Open a GGUF model (None: the bundled default model). See edgellm.llm.LLM."""
+    from edgellm.llm import LLM  # imported here so that `import edgellm` stays cheap
+
+    return LLM(path, threads=threads, ctx=ctx)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from edgellm.errors import EdgeLLMError
+
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME = 64  # GGML_MAX_NAME, including the terminating zero in C
@@ -46,7 +48,7 @@ _SCALARS = {
 }
 
 
-class GGUFError(ValueError):
+class GGUFError(EdgeLLMError, ValueError):
     """The file is not a GGUF file we can use; the message names the problem in one line."""
 
 

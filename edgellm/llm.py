@@ -1,0 +1,181 @@
+"""The Python API: load a GGUF model, tokenize, score, generate.
+
+    llm = edgellm.load()                       # the bundled Gemma-3-270M
+    for piece in llm.generate("Once upon a time", max_tokens=32):
+        print(piece, end="", flush=True)
+
+One token's path: generate() -> prefill(prompt ids) -> model.forward() -> sampler -> decode_one()
+-> model.forward() -> ... each forward reads and extends the KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numba
+import numpy as np
+
+from edgellm.default_model import default_model_path
+from edgellm.errors import EdgeLLMError
+from edgellm.gguf_file import GGUFError, GGUFFile
+from edgellm.kv_cache import KVCache
+from edgellm.models import ARCHITECTURES
+from edgellm.sampling import Sampler, SamplingParams
+from edgellm.system import peak_rss_mb, physical_cores
+from edgellm.tokenizer import Tokenizer
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    tokens: list[int] = field(default_factory=list)  # generated ids, stop token excluded
+    text: str = ""
+    ttft_s: float = 0.0  # prompt in -> first token sampled
+    prefill_s: float = 0.0
+    decode_s: float = 0.0  # after the first token
+    stop_reason: str = ""  # "eos", "length" or "context"
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = len(self.tokens) - 1  # the first token comes out of prefill
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "tokens": list(self.tokens),
+            "text": self.text,
+            "ttft_s": self.ttft_s,
+            "prefill_tok_s": self.prefill_tok_s,
+            "decode_tok_s": self.decode_tok_s,
+            "stop_reason": self.stop_reason,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+
+
+class LLM:
+    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096):
+        self.path = os.fspath(path) if path is not None else os.fspath(default_model_path())
+        self.gguf = GGUFFile(self.path)
+        arch = self.gguf.architecture
+        if arch not in ARCHITECTURES:
+            raise GGUFError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
+        self.model = ARCHITECTURES[arch](self.gguf)
+        self.hparams = self.model.hp
+        model_kind = self.gguf.get("tokenizer.ggml.model")
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata) if model_kind not in (None, "none") else None
+        if self.tokenizer is not None and self.tokenizer.n_vocab != self.hparams.n_vocab:
+            raise GGUFError(f"vocabulary has {self.tokenizer.n_vocab} tokens but the embeddings have {self.hparams.n_vocab} rows")
+        if ctx is None or ctx <= 0:  # like llama.cpp's -c 0: the training context
+            ctx = self.hparams.n_ctx_train
+        self.n_ctx = int(ctx)
+        self.threads = threads or physical_cores()
+        if self.threads < 1:
+            raise EdgeLLMError(f"threads must be >= 1, got {threads}")
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        self.kv_cache = KVCache(self.hparams, self.n_ctx)
+        self.last_stats = GenerationStats()
+
+    # --- text <-> ids -------------------------------------------------------------------------
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise EdgeLLMError(f"{self.path} has no vocabulary (tokenizer.ggml.model is none)")
+        return self.tokenizer
+
+    def tokenize(self, text: str, bos: bool = True, special: bool = False) -> list[int]:
+        return self._need_tokenizer().encode(text, bos=bos, special=special)
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        return self._need_tokenizer().decode(ids, special=special)
+
+    # --- forward passes -----------------------------------------------------------------------
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.hparams.n_vocab):
+            raise EdgeLLMError(f"token id out of range [0, {self.hparams.n_vocab})")
+        return ids
+
+    def _eval(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
+        """Run ids through the model at the next positions of the cache; return their logits."""
+        start = self.kv_cache.n_past
+        if start + len(ids) > self.n_ctx:
+            raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.n_ctx} (use -c)")
+        positions = np.arange(start, start + len(ids), dtype=np.int64)
+        logits = self.model.forward(ids, positions, self.kv_cache, all_logits)
+        self.kv_cache.n_past += len(ids)
+        return logits
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 [len(ids), n_vocab]: each position's next-token logits, fresh context, one pass."""
+        ids = self._check_ids(ids)
+        if ids.size == 0:
+            return np.zeros((0, self.hparams.n_vocab), np.float32)
+        self.kv_cache.clear()
+        return self._eval(ids, all_logits=True)
+
+    # --- generation ---------------------------------------------------------------------------
+    def generate(
+        self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+        top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+        seed: int | None = 0, stop_at_eos: bool = True,
+    ) -> Iterator[str]:
+        """Stream the continuation of prompt (text is tokenized with BOS and control tokens parsed,
+        as llama.cpp does) as text pieces; statistics land in `last_stats`."""
+        tok = self._need_tokenizer()
+        sampler = Sampler(SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed))
+        ids = tok.encode(prompt, bos=True, special=True) if isinstance(prompt, str) else list(prompt)
+        ids_arr = self._check_ids(ids)
+        if ids_arr.size == 0:
+            raise EdgeLLMError("empty prompt")
+        if ids_arr.size >= self.n_ctx:
+            raise EdgeLLMError(f"prompt of {ids_arr.size} tokens does not fit the context of {self.n_ctx} (use -c)")
+        stats = self.last_stats = GenerationStats(prompt_tokens=int(ids_arr.size))
+        history = list(ids)
+        decoder = tok.stream()
+        pieces: list[str] = []
+
+        t0 = time.perf_counter()
+        self.kv_cache.clear()
+        logits = self._eval(ids_arr, all_logits=False)[-1]
+        stats.prefill_s = time.perf_counter() - t0
+        stats.stop_reason = "length"
+        t_first = None
+        for _ in range(max_tokens):
+            token = sampler(logits, history)
+            if t_first is None:
+                t_first = time.perf_counter()
+                stats.ttft_s = t_first - t0
+            if stop_at_eos and token in tok.eog_ids:
+                stats.stop_reason = "eos"
+                break
+            stats.tokens.append(token)
+            history.append(token)
+            piece = decoder.feed(token)
+            if piece:
+                pieces.append(piece)
+                yield piece
+            if len(stats.tokens) == max_tokens:
+                break
+            if self.kv_cache.n_past >= self.n_ctx:
+                stats.stop_reason = "context"
+                break
+            logits = self._eval(np.array([token], np.int64), all_logits=False)[-1]
+        rest = decoder.flush()
+        if rest:
+            pieces.append(rest)
+            yield rest
+        if t_first is not None:
+            stats.decode_s = time.perf_counter() - t_first
+        stats.text = "".join(pieces)
+
+
+def load(path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096) -> LLM:
+    """Open a GGUF model (None: the bundled default model)."""
+    return LLM(path, threads=threads, ctx=ctx)

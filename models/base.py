@@ -1,0 +1,267 @@
+"""What every architecture shares: hyper-parameters from GGUF metadata, linear layers over
+quantized tensors, grouped-query self-attention and the embedding -> blocks -> logits loop.
+
+An architecture file (llama.py, gemma3.py, ...) says which tensors exist, which defaults apply and
+how one block is wired; it knows nothing of the CLI or of sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
+from edgellm.kernels import get_rows, matmul
+from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_tables
+
+
+@dataclass
+class HParams:
+    arch: str
+    n_vocab: int
+    n_ctx_train: int  # context length the model was trained with
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int  # per-head width of Q and K (key_length)
+    head_dim_v: int  # per-head width of V (value_length)
+    n_rot: int  # leading dims of each head that RoPE rotates
+    norm_eps: float
+    rope_type: int  # ROPE_NORM or ROPE_NEOX
+    rope_base: float
+    rope_freq_scale: float  # 1 / linear scaling factor
+    attn_scale: float  # multiplies Q·K; 1/sqrt(head_dim) unless the arch says otherwise
+    sliding_window: int = 0  # 0: every layer sees the whole context
+    swa_layers: tuple[bool, ...] = ()  # which layers use the sliding window
+    rope_base_swa: float = 0.0  # sliding-window layers may rotate with their own base
+    rope_freq_scale_swa: float = 1.0
+    tied_output: bool = False  # output projection shares token_embd
+    extra: dict = field(default_factory=dict)
+
+    def window(self, il: int) -> int:
+        return self.sliding_window if self.swa_layers and self.swa_layers[il] else 0
+
+    def rope(self, il: int) -> tuple[float, float]:
+        """(freq_base, freq_scale) for layer il."""
+        if self.window(il):
+            return self.rope_base_swa, self.rope_freq_scale_swa
+        return self.rope_base, self.rope_freq_scale
+
+
+def _positive_int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value < 1 << 31:
+        raise GGUFError(f"metadata {key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class MetadataView:
+    """`{arch}.`-prefixed metadata lookups with the checks llama.cpp's loader makes."""
+
+    def __init__(self, gguf: GGUFFile, arch: str):
+        self.gguf, self.arch = gguf, arch
+
+    def key(self, name: str) -> str:
+        return f"{self.arch}.{name}"
+
+    def has(self, name: str) -> bool:
+        return self.key(name) in self.gguf.metadata
+
+    def int(self, name: str, default: int | None = None) -> int:
+        value = self.gguf.metadata.get(self.key(name), default)
+        if value is None:
+            raise GGUFError(f"missing metadata {self.key(name)}")
+        if isinstance(value, np.ndarray):  # per-layer arrays: use the first layer's value
+            if value.size == 0:
+                raise GGUFError(f"metadata {self.key(name)} is an empty array")
+            value = value.flat[0]
+        return _positive_int(value, self.key(name))
+
+    def float(self, name: str, default: float | None = None) -> float:
+        value = self.gguf.metadata.get(self.key(name), default)
+        if value is None:
+            raise GGUFError(f"missing metadata {self.key(name)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise GGUFError(f"metadata {self.key(name)} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise GGUFError(f"metadata {self.key(name)} is not finite")
+        return value
+
+
+def read_hparams(gguf: GGUFFile, rope_type: int) -> HParams:
+    """Hyper-parameters with the defaults llama.cpp applies when a key is absent."""
+    arch = gguf.architecture
+    md = MetadataView(gguf, arch)
+    n_embd = md.int("embedding_length")
+    n_head = md.int("attention.head_count")
+    n_head_kv = md.int("attention.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        raise GGUFError(f"head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
+    head_dim = md.int("attention.key_length", n_embd // n_head)
+    head_dim_v = md.int("attention.value_length", n_embd // n_head)
+    n_rot = md.int("rope.dimension_count", head_dim)
+    if n_rot > head_dim or n_rot % 2:
+        raise GGUFError(f"rope.dimension_count {n_rot} does not fit head dim {head_dim}")
+    freq_scale = 1.0
+    scaling = gguf.get(md.key("rope.scaling.type"), "none")
+    if scaling == "linear" or md.has("rope.scale_linear"):
+        factor = md.float("rope.scaling.factor", md.float("rope.scale_linear", 1.0))
+        freq_scale = 1.0 / factor if factor > 0 else 1.0
+    elif scaling not in ("none", "", None):
+        raise GGUFError(f"rope scaling type {scaling!r} is not supported")
+    tokens = gguf.get("tokenizer.ggml.tokens")
+    n_vocab = md.int("vocab_size", len(tokens) if tokens is not None else None)
+    return HParams(
+        arch=arch,
+        n_vocab=n_vocab,
+        n_ctx_train=md.int("context_length"),
+        n_embd=n_embd,
+        n_layer=md.int("block_count"),
+        n_ff=md.int("feed_forward_length"),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        head_dim_v=head_dim_v,
+        n_rot=n_rot,
+        norm_eps=md.float("attention.layer_norm_rms_epsilon"),
+        rope_type=rope_type,
+        rope_base=md.float("rope.freq_base", 10000.0),
+        rope_freq_scale=freq_scale,
+        attn_scale=1.0 / math.sqrt(head_dim),
+    )
+
+
+class Weights:
+    """Looks tensors up by GGUF name and checks their shapes as they are taken."""
+
+    def __init__(self, gguf: GGUFFile):
+        self.tensors = gguf.tensors
+
+    def get(self, name: str, shape: tuple[int, ...], required: bool = True) -> Tensor | None:
+        t = self.tensors.get(name)
+        if t is None:
+            if required:
+                raise GGUFError(f"missing tensor {name}")
+            return None
+        if t.shape != shape:
+            raise GGUFError(f"tensor {name} has shape {t.shape}, expected {shape}")
+        return t
+
+    def vector(self, name: str, size: int, required: bool = True) -> np.ndarray | None:
+        """A 1-D F32/F16 tensor (norm weight, bias) as float32."""
+        t = self.get(name, (size,), required)
+        return None if t is None else np.asarray(t.array(), dtype=np.float32)
+
+
+class Linear:
+    """y = x @ W.T (+ b) with W kept in its quantized form. W [n_out, n_in]."""
+
+    def __init__(self, weight: Tensor, bias: np.ndarray | None = None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        w = self.weight
+        y = matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.n_cols)
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+class Attention:
+    """Grouped-query self-attention with optional Q/K biases (qwen2) and Q/K RMS norms
+    (qwen3, gemma3), RoPE, and a KV cache that may be a sliding window."""
+
+    def __init__(self, hp: HParams, w: Weights, il: int):
+        p = f"blk.{il}."
+        d, hd, hdv = hp.n_embd, hp.head_dim, hp.head_dim_v
+        self.hp, self.il = hp, il
+        self.wq = Linear(w.get(p + "attn_q.weight", (hp.n_head * hd, d)),
+                         w.vector(p + "attn_q.bias", hp.n_head * hd, required=False))
+        self.wk = Linear(w.get(p + "attn_k.weight", (hp.n_head_kv * hd, d)),
+                         w.vector(p + "attn_k.bias", hp.n_head_kv * hd, required=False))
+        self.wv = Linear(w.get(p + "attn_v.weight", (hp.n_head_kv * hdv, d)),
+                         w.vector(p + "attn_v.bias", hp.n_head_kv * hdv, required=False))
+        self.wo = Linear(w.get(p + "attn_output.weight", (d, hp.n_head * hdv)),
+                         w.vector(p + "attn_output.bias", d, required=False))
+        self.q_norm = w.vector(p + "attn_q_norm.weight", hd, required=False)
+        self.k_norm = w.vector(p + "attn_k_norm.weight", hd, required=False)
+        self.rope_base, self.rope_scale = hp.rope(il)
+        self.window = hp.window(il)
+        self.rope_factors = None  # llama 3.1+ long-context factors, set by the arch
+
+    def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
+        hp = self.hp
+        n = x.shape[0]
+        q = self.wq(x).reshape(n, hp.n_head, hp.head_dim)  # [n, n_head, hd]
+        k = self.wk(x).reshape(n, hp.n_head_kv, hp.head_dim)  # [n, n_kv, hd]
+        v = self.wv(x).reshape(n, hp.n_head_kv, hp.head_dim_v)
+        if self.q_norm is not None:
+            q = rms_norm(q, self.q_norm, hp.norm_eps)
+        if self.k_norm is not None:
+            k = rms_norm(k, self.k_norm, hp.norm_eps)
+        cos, sin = rope_tables(positions, hp.n_rot, self.rope_base, self.rope_scale, self.rope_factors)
+        apply_rope(q, cos, sin, hp.rope_type)
+        apply_rope(k, cos, sin, hp.rope_type)
+        keys, values, key_pos = cache.update(k, v, positions)  # [n_kv, m, hd], [m]
+        out = attention(q, keys, values, positions, key_pos, hp.attn_scale, self.window)
+        return self.wo(out)
+
+
+class FeedForward:
+    """Gated FFN: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, hp: HParams, w: Weights, il: int, act):
+        p = f"blk.{il}."
+        self.gate = Linear(w.get(p + "ffn_gate.weight", (hp.n_ff, hp.n_embd)))
+        self.up = Linear(w.get(p + "ffn_up.weight", (hp.n_ff, hp.n_embd)))
+        self.down = Linear(w.get(p + "ffn_down.weight", (hp.n_embd, hp.n_ff)))
+        self.act = act
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+class Transformer:
+    """Token ids -> logits: embedding, the arch's blocks, final norm, output projection."""
+
+    rope_type = ROPE_NORM
+    embed_scale = 1.0
+
+    def __init__(self, gguf: GGUFFile):
+        self.hp = self.read_hparams(gguf)
+        w = Weights(gguf)
+        hp = self.hp
+        self.token_embd = w.get("token_embd.weight", (hp.n_vocab, hp.n_embd))
+        output = w.get("output.weight", (hp.n_vocab, hp.n_embd), required=False)
+        hp.tied_output = output is None
+        self.output = Linear(output if output is not None else self.token_embd)
+        self.output_norm = w.vector("output_norm.weight", hp.n_embd)
+        self.blocks = [self.make_block(w, il) for il in range(hp.n_layer)]
+
+    def read_hparams(self, gguf: GGUFFile) -> HParams:
+        return read_hparams(gguf, self.rope_type)
+
+    def make_block(self, w: Weights, il: int):
+        raise NotImplementedError
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        t = self.token_embd
+        x = get_rows(t.data, t.ggml_type, t.n_cols, tokens)  # [n, d]
+        if self.embed_scale != 1.0:
+            x *= np.float32(self.embed_scale)
+        return x
+
+    def forward(self, tokens: np.ndarray, positions: np.ndarray, kv_cache, all_logits: bool) -> np.ndarray:
+        """Logits [n, n_vocab] for every token (all_logits) or [1, n_vocab] for the last one."""
+        x = self.embed(tokens)
+        for block, cache in zip(self.blocks, kv_cache.layers):
+            x = block(x, positions, cache)
+        if not all_logits:
+            x = x[-1:]
+        x = rms_norm(x, self.output_norm, self.hp.norm_eps)
+        return self.output(x)
+
