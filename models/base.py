@@ -113,8 +113,13 @@ def read_hparams(gguf: GGUFFile, rope_type: int) -> HParams:
         freq_scale = 1.0 / factor if factor > 0 else 1.0
     elif scaling not in ("none", "", None):
         raise GGUFError(f"rope scaling type {scaling!r} is not supported")
+    # Vocabulary size: the vocab's, else {arch}.vocab_size, else the embedding's rows.
     tokens = gguf.get("tokenizer.ggml.tokens")
-    n_vocab = md.int("vocab_size", len(tokens) if tokens is not None else None)
+    embd = gguf.tensors.get("token_embd.weight")
+    if tokens is not None:
+        n_vocab = len(tokens)
+    else:
+        n_vocab = md.int("vocab_size", embd.shape[0] if embd is not None and len(embd.shape) == 2 else None)
     return HParams(
         arch=arch,
         n_vocab=n_vocab,
