@@ -181,7 +181,7 @@ class GGUFFile:
         cur.pos = 4
         self.version = cur.u32("version")
         if self.version not in (2, 3):
-            if self.version & 0xFFFF == 0 and (self.version >> 16) in (2, 3):
+            if int.from_bytes(self.version.to_bytes(4, "little"), "big") in (2, 3):
                 raise GGUFError("big-endian GGUF files are not supported")
             raise GGUFError(f"unsupported GGUF version {self.version} (supported: 2, 3)")
         n_tensors = cur.u64("tensor count")
@@ -189,7 +189,7 @@ class GGUFFile:
         # Smallest possible entries: a KV is >= 8+1+4 bytes, a tensor info >= 8+1+4+8+4+8.
         if n_kv * 13 > self.file_size or n_tensors * 33 > self.file_size:
             raise GGUFError(
-                f"corrupt header: {n_tensors} tensors and {n_kv} metadata entries "
+                f"truncated or corrupt header: {n_tensors} tensors and {n_kv} metadata entries "
                 f"cannot fit in {self.file_size} bytes"
             )
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgellm.errors import EdgeLLMError
+
 
 @dataclass
 class SamplingParams:
@@ -21,13 +23,13 @@ class SamplingParams:
 
     def validate(self) -> None:
         if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise EdgeLLMError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+            raise EdgeLLMError(f"top-p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
-            raise ValueError(f"min-p must be in [0, 1], got {self.min_p}")
+            raise EdgeLLMError(f"min-p must be in [0, 1], got {self.min_p}")
         if not self.repeat_penalty > 0:
-            raise ValueError(f"repeat penalty must be > 0, got {self.repeat_penalty}")
+            raise EdgeLLMError(f"repeat penalty must be > 0, got {self.repeat_penalty}")
 
 
 class Sampler:
