@@ -1,0 +1,62 @@
+"""The command line on the real bundled model: what a user types and sees."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "edgellm.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_streams_text_and_reports_speed(reference):
+    case = reference["greedy"][2]  # a prompt whose greedy continuation has no near-ties
+    result = _cli("run", "-p", case["prompt"], "-n", "8", "--temp", "0")
+    assert result.returncode == 0, result.stderr
+    streamed = result.stdout[:-1]  # the run ends its output with a newline
+    assert streamed and case["text"].startswith(streamed)
+    assert "[ prompt:" in result.stderr and "tok/s | generation:" in result.stderr
+
+
+def test_run_json(reference):
+    case = reference["greedy"][2]
+    result = _cli("run", "-p", case["prompt"], "-n", "8", "--temp", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["prompt_tokens"] == len(case["prompt_ids"])
+    assert out["tokens"] == case["ids"][:8]
+    assert out["text"] == case["text"][: len(out["text"])] and out["text"]
+    for key in ("ttft_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"):
+        assert out[key] > 0, key
+
+
+def test_same_seed_same_text():
+    runs = [json.loads(_cli("run", "-p", "Write a poem", "-n", "12", "--seed", "42", "--json").stdout)["tokens"]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_tokenize(model_path, reference):
+    case = reference["tokenize_special"][0]
+    result = _cli("tokenize", model_path, case["text"], "--special")
+    assert json.loads(result.stdout) == case["ids"]
+    result = _cli("tokenize", model_path, "Hello world", "--no-bos")
+    assert json.loads(result.stdout) == [9259, 1902]
+
+
+def test_info_names_the_model():
+    result = _cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "gemma3" in result.stdout and "Q4_K" in result.stdout and "32768" in result.stdout
+
+
+def test_perplexity_needs_enough_text(model_path, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    result = _cli("perplexity", model_path, "-f", short)
+    assert result.returncode == 2 and "needs at least 1024" in result.stderr

@@ -1,0 +1,60 @@
+"""The real bundled model (Gemma-3-270M Q4_K_M) against llama.cpp's own outputs on it
+(../shared/reference, made with llama-cpp-python 0.3.36; its README says how)."""
+
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgellm.perplexity import log_softmax
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def teacher(reference):
+    return reference["teacher"][0]
+
+
+@pytest.fixture(scope="module")
+def teacher_logits(llm, teacher):
+    return llm.logits(teacher["ids"])
+
+
+def test_teacher_forced_top1_agrees_with_llama_cpp(teacher, teacher_logits):
+    agreement = np.mean(teacher_logits.argmax(-1) == np.asarray(teacher["argmax"]))
+    assert agreement >= 0.95, f"top-1 agreement {agreement:.3f}"
+
+
+def test_teacher_forced_perplexity_within_1_percent(teacher, teacher_logits):
+    ids = np.asarray(teacher["ids"])
+    logp = log_softmax(teacher_logits[:-1].astype(np.float64))
+    next_logp = logp[np.arange(len(ids) - 1), ids[1:]]
+    ppl = math.exp(-next_logp.mean())
+    assert abs(ppl / teacher["ppl_all"] - 1) < 0.01, f"ppl {ppl:.4f} vs llama.cpp {teacher['ppl_all']:.4f}"
+    # and position by position the log-probs stay close to llama.cpp's
+    assert np.median(np.abs(next_logp - np.asarray(teacher["next_logp"]))) < 0.05
+
+
+def test_greedy_continuations_match_llama_cpp(llm, reference):
+    matches = []
+    for case in reference["greedy"]:
+        assert llm.tokenize(case["prompt"], bos=True, special=True) == case["prompt_ids"]
+        list(llm.generate(case["prompt"], max_tokens=16, temperature=0.0, stop_at_eos=False))
+        matches.append(llm.last_stats.tokens == case["ids"][:16])
+    assert sum(matches) >= 3, f"first 16 greedy tokens identical for {matches}"
+
+
+def test_perplexity_cli_matches_llama_perplexity(model_path, reference_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "edgellm.cli", "perplexity", str(model_path), "-f",
+         str(reference_dir / "texts" / "GPL-3.txt"), "-c", "512"],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr
+    ppl, err = map(float, re.search(r"PPL = ([\d.]+) ± ([\d.]+)", result.stdout).groups())
+    assert abs(ppl / 13.9062 - 1) < 0.01, result.stdout
+    assert abs(err / 0.648 - 1) < 0.1, result.stdout
