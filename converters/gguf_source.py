@@ -30,6 +30,8 @@ _ARRAY_TYPES = {
 
 
 def open_gguf(path) -> GGUFFile:
+    if path.suffix == ".safetensors":
+        raise ConvertError(f"{path} is a safetensors file: pass the checkpoint folder that holds it")
     try:
         return GGUFFile(path)
     except GGUFError as e:
