@@ -161,8 +161,10 @@ class Tokenizer:
         self.add_bos = self.add_eos = self.add_space_prefix = self.clean_spaces = False
 
         if self.kind == "none":
-            arch = md.get("general.architecture")
-            self.n_vocab = int(md.get(f"{arch}.vocab_size", 0))
+            n_vocab = md.get(f"{md.get('general.architecture')}.vocab_size", 0)
+            if not isinstance(n_vocab, (int, np.integer)) or n_vocab < 0:
+                raise GGUFError(f"vocab_size is {n_vocab!r}, not a token count")
+            self.n_vocab = int(n_vocab)
             self._tokens: list[str] = []
             return
 
@@ -187,8 +189,8 @@ class Tokenizer:
         self._set_strip_attrs(md)
 
         # Special tokens to cut out of text, longest (in bytes) first.
-        special = np.flatnonzero(self._attr_array() & (ATTR_CONTROL | ATTR_USER_DEFINED |
-                                                       ATTR_UNKNOWN)).tolist()
+        special = np.flatnonzero(np.asarray(self._attrs) & (ATTR_CONTROL | ATTR_USER_DEFINED |
+                                                             ATTR_UNKNOWN)).tolist()
         special.sort(key=lambda i: (-len(self._tokens[i].encode("utf-8", "surrogateescape")), i))
         self._special_ids: list[int] = special
         self._spm_split = None  # built on first SPM encode: it scans the whole vocabulary
@@ -219,9 +221,6 @@ class Tokenizer:
         valid = (types >= 0) & (types < len(_TYPE_TO_ATTR))
         self._attrs: list[int] = np.where(valid, _TYPE_TO_ATTR[np.where(valid, types, 0)],
                                           0).tolist()
-
-    def _attr_array(self) -> np.ndarray:
-        return np.asarray(self._attrs, dtype=np.int64)
 
     def _load_bpe(self, md: Mapping[str, Any]) -> dict[str, int]:
         merges = md.get("tokenizer.ggml.merges")
