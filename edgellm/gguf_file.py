@@ -120,6 +120,26 @@ class _Cursor:
         # Vocabularies may hold byte sequences that are not valid UTF-8; keep them round-trippable.
         return raw.decode("utf-8", errors="surrogateescape")
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """A string array: the vocabulary's 100k+ tokens, so the loop is kept tight."""
+        buf, size, pos = self.buf, self.size, self.pos
+        read_len = struct.Struct("<Q").unpack_from
+        out = []
+        append = out.append
+        for _ in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"length of a string in {what}")
+            (n,) = read_len(buf, pos)
+            pos += 8
+            if pos + n > size:
+                self.pos = pos
+                self.need(n, f"a string in {what}")
+            append(str(buf[pos : pos + n], "utf-8", "surrogateescape"))
+            pos += n
+        self.pos = pos
+        return out
+
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:
             value = self.scalar(_SCALARS[vtype][0], what)
@@ -145,6 +165,8 @@ class _Cursor:
             # Each element takes at least 8 bytes (a length or a header): check the count first so
             # that an absurd count fails here instead of looping or allocating.
             self.need(count * 8, f"{count} elements of {what}")
+            if etype == GGUFValueType.STRING:
+                return self.strings(count, what)
             return [self.value(etype, what) for _ in range(count)]
         raise GGUFError(f"unknown array element type {etype} in {what}")
 
