@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None)
     p.set_defaults(func=cmd_perplexity)
 
+    p = sub.add_parser("convert", help="Hugging Face checkpoint or GGUF file -> GGUF (f32 ... q4_0)")
+    from edgellm.converters.cli import add_arguments as add_convert_arguments
+
+    add_convert_arguments(p)
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("info", help="architecture, sizes, tensor types, context length of a GGUF file")
     p.add_argument("model", nargs="?", default=None, help="GGUF file (default: the bundled model)")
     p.set_defaults(func=cmd_info)
@@ -129,6 +135,12 @@ def cmd_perplexity(args) -> int:
     print(f"PPL = {result.ppl:.4f} ± {result.error:.4f}  ({result.n_chunks} chunks of {args.ctx}, "
           f"{result.n_scored} tokens scored)")
     return 0
+
+
+def cmd_convert(args) -> int:
+    from edgellm.converters.cli import run
+
+    return run(args)
 
 
 def cmd_info(args) -> int:
