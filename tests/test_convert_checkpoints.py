@@ -162,11 +162,16 @@ def read_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
+_built: dict[str, Path] = {}  # other modules import the fixture; each import would build again
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """One tiny float32 checkpoint per architecture, with a SentencePiece tokenizer."""
-    root = tmp_path_factory.mktemp("hf")
-    return {arch: make_checkpoint(root / arch, arch) for arch in ARCHS}
+    if not _built:
+        root = tmp_path_factory.mktemp("hf")
+        _built.update({arch: make_checkpoint(root / arch, arch) for arch in ARCHS})
+    return _built
 
 
 # --- the checkpoints themselves ------------------------------------------------------------------
