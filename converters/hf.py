@@ -77,6 +77,7 @@ class ModelConfig:
     swa_layers: list[bool] | None  # per layer: does it use the sliding window (gemma3)
     tie_embeddings: bool
     attention_bias: bool  # llama with q/k/v/o biases
+    final_logit_softcapping: float | None  # gemma3 checkpoints may cap the logits (none do yet)
 
 
 def read_config(folder: Path) -> ModelConfig:
@@ -116,6 +117,7 @@ def read_config(folder: Path) -> ModelConfig:
         rope_theta=theta, rope_theta_swa=theta_swa, rope_scaling=scaling,
         sliding_window=None, swa_layers=None, tie_embeddings=bool(cfg["tie_word_embeddings"]),
         attention_bias=bool(cfg.get("attention_bias", False)),
+        final_logit_softcapping=cfg.get("final_logit_softcapping"),
     )
     if n_head % model.n_head_kv:
         raise ConvertError(f"{path}: num_attention_heads {n_head} is not a multiple of "
@@ -125,6 +127,8 @@ def read_config(folder: Path) -> ModelConfig:
     if arch == "gemma3":
         model.sliding_window = need("sliding_window")
         model.swa_layers = _gemma3_layer_types(cfg, n_layer, path)
+        if cfg.get("attn_logit_softcapping"):  # Gemma 2 had it; llama.cpp's gemma3 has no such key
+            raise ConvertError(f"{path}: attn_logit_softcapping is not supported for gemma3")
     if scaling.get("rope_type") == "llama3" and arch != "llama":
         raise ConvertError(f"{path}: llama3 RoPE scaling on {arch} is not supported")
     return model
@@ -144,6 +148,10 @@ def _rope(cfg: dict, path: Path) -> tuple[float, float | None, dict]:
         return theta, theta_swa, {}
     if kind not in ("linear", "yarn", "llama3"):
         raise ConvertError(f"{path}: RoPE scaling {kind!r} is not supported (linear, yarn, llama3 are)")
+    needed = {"linear": ["factor"], "yarn": ["factor", "original_max_position_embeddings"], "llama3": []}
+    for key in needed[kind]:
+        if not isinstance(full.get(key), (int, float)):
+            raise ConvertError(f"{path}: {kind} RoPE scaling needs a number for {key}")
     return theta, theta_swa, {**full, "rope_type": kind}
 
 
@@ -181,6 +189,8 @@ def add_hparams(writer: GGUFWriter, m: ModelConfig) -> None:
             writer.add_sliding_window_pattern(m.swa_layers)
         elif period != GEMMA3_SWA_PERIOD:
             writer.add_sliding_window_pattern(period)
+        if m.final_logit_softcapping:
+            writer.add_final_logit_softcapping(float(m.final_logit_softcapping))
     scaling = m.rope_scaling
     if scaling.get("rope_type") == "linear":
         writer.add_rope_scaling_type(RopeScalingType.LINEAR)

@@ -21,6 +21,7 @@ converter uses for them.
 from __future__ import annotations
 
 import json
+import logging
 from hashlib import sha256
 from pathlib import Path
 
@@ -70,7 +71,15 @@ def add_vocab(writer: GGUFWriter, folder: Path, n_vocab: int, arch: str) -> str:
     else:
         raise ConvertError(f"{folder} has no tokenizer: need tokenizer.model (SentencePiece) or "
                            "tokenizer.json")
-    gguf.SpecialVocab(folder, load_merges=kind == "gpt2", n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    # SpecialVocab logs guesses about unusual post-processor templates (Llama 3's pair template
+    # trips one); they change nothing we write, so keep them off the user's terminal.
+    log = logging.getLogger("gguf.vocab")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        gguf.SpecialVocab(folder, load_merges=kind == "gpt2", n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    finally:
+        log.setLevel(level)
     return kind
 
 

@@ -291,6 +291,21 @@ def test_gemma3_conditional_generation_converts_its_text_model(tmp_path):
         assert t.data.tobytes() == plain.tensors[name].data.tobytes(), name
 
 
+def test_mistral_is_converted_as_llama(tmp_path):
+    folder = make_checkpoint(tmp_path / "m", "mistral")
+    out = GGUFFile(convert(folder, tmp_path / "m.gguf", type="f32", progress=False))
+    hf, cfg = hf_tensors(folder), read_config(folder)
+    assert out.metadata["general.architecture"] == "llama"
+    for name, t in out.tensors.items():
+        assert np.array_equal(gguf_values(t), expected_hf_values("llama", name, hf, cfg)), name
+
+
+def test_tied_embeddings_write_no_output_tensor(tmp_path):
+    folder = make_checkpoint(tmp_path / "tied", "qwen2", tie_word_embeddings=True)
+    out = GGUFFile(convert(folder, tmp_path / "tied.gguf", type="q8_0", progress=False))
+    assert "output.weight" not in out.tensors and "token_embd.weight" in out.tensors
+
+
 def test_llama3_rope_scaling_becomes_a_rope_freqs_tensor(tmp_path):
     scaling = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}

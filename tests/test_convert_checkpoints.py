@@ -54,6 +54,8 @@ def make_config(arch: str, vocab_size: int, **overrides):
                   rms_norm_eps=1e-5, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
     if arch == "llama":
         cfg = transformers.LlamaConfig(**common, tie_word_embeddings=False)
+    elif arch == "mistral":  # converted as llama
+        cfg = transformers.MistralConfig(**common, tie_word_embeddings=False)
     elif arch == "qwen2":  # q/k/v biases
         cfg = transformers.Qwen2Config(**common, tie_word_embeddings=False)
     elif arch == "qwen3":  # q/k norms, head_dim set explicitly

@@ -99,6 +99,20 @@ def test_safetensors_with_a_garbage_header(llama, out_dir):
     refuse(llama, out_dir / "m.gguf", "header is not valid JSON")
 
 
+def test_rope_scaling_without_its_parameters(llama, out_dir):
+    config = json.loads((llama / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    (llama / "config.json").write_text(json.dumps(config))
+    refuse(llama, out_dir / "m.gguf", "yarn RoPE scaling needs a number for original_max_position_embeddings")
+
+
+def test_unsupported_rope_scaling(llama, out_dir):
+    config = json.loads((llama / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0}
+    (llama / "config.json").write_text(json.dumps(config))
+    refuse(llama, out_dir / "m.gguf", "RoPE scaling 'longrope' is not supported")
+
+
 def test_missing_tensor(llama, out_dir):
     tensors = load_safetensors(llama / "model.safetensors")
     del tensors["model.layers.1.mlp.up_proj.weight"]

@@ -50,3 +50,15 @@ def test_edgellm_logits_match_transformers(checkpoints, reference, tmp_path, arc
     kl = (np.exp(p) * (p - q)).sum(-1).mean()
     min_top1, max_kl = BOUNDS[type]
     assert top1 >= min_top1 and kl < max_kl, f"top-1 {top1:.3f}, KL {kl:.2e}"
+
+
+def test_tied_embeddings_run_with_token_embd_as_the_output(tmp_path):
+    from test_convert_checkpoints import make_checkpoint
+
+    folder = make_checkpoint(tmp_path / "tied", "qwen3", tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    ids = np.arange(1, 33)
+    with torch.no_grad():
+        want = model(torch.tensor(ids)[None]).logits[0].numpy()
+    got = edgellm.load(convert(folder, tmp_path / "tied.gguf", type="f32", progress=False), threads=2).logits(ids)
+    assert np.allclose(got, want, atol=1e-4)
