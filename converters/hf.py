@@ -341,7 +341,7 @@ def _plan(m: ModelConfig, gguf_name: str, t: StoredTensor) -> TensorPlan:
     else:
         def read(a: int, b: int) -> np.ndarray:
             return _shifted(t.rows(slice(a, b) if order is None else order[a:b]), shift)
-    return TensorPlan(gguf_name, t.shape, t.dtype, read)
+    return TensorPlan(gguf_name, t.shape, t.dtype, read, release=t.release)
 
 
 def _shifted(rows: np.ndarray, shift: np.float32 | None) -> np.ndarray:

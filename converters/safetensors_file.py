@@ -38,6 +38,8 @@ class StoredTensor:
     dtype: str  # "F32", "F16" or "BF16"
     shape: tuple[int, ...]  # as stored: (rows..., n_cols), (n,) for vectors
     data: np.ndarray  # stored bits as a read-only [n_rows, n_cols] view into the mmap
+    _map: mmap.mmap
+    _span: tuple[int, int]  # (first byte, end) in the file
 
     @property
     def n_rows(self) -> int:
@@ -49,6 +51,13 @@ class StoredTensor:
         if self.dtype == "BF16":  # bfloat16 is the top half of a float32: widening is exact
             return (bits.astype(np.uint32) << 16).view(np.float32)
         return bits.astype(np.float32)
+
+    def release(self) -> None:
+        """Unmap the pages read so far: the file stays in the page cache, but no longer counts
+        in this process's memory, which stays near one tensor instead of growing to the model."""
+        start = self._span[0] - self._span[0] % mmap.PAGESIZE
+        if hasattr(self._map, "madvise") and self._span[1] > start:  # Linux and macOS have it
+            self._map.madvise(mmap.MADV_DONTNEED, start, self._span[1] - start)
 
 
 class SafetensorsFile:
@@ -108,4 +117,5 @@ class SafetensorsFile:
                 f"has {size} (an interrupted download?)"
             )
         data = np.frombuffer(self._mmap, dtype=np_dtype, count=n_rows * n_cols, offset=data_start + begin)
-        return StoredTensor(name, dtype, shape, data.reshape(n_rows, n_cols))
+        span = (data_start + begin, data_start + end)
+        return StoredTensor(name, dtype, shape, data.reshape(n_rows, n_cols), self._mmap, span)

@@ -39,6 +39,7 @@ class TensorPlan:
     # already `out_type` is copied byte for byte instead of making a lossy round trip.
     read_stored: Callable[[int, int], np.ndarray] | None = None
     stored_type: GGMLQuantizationType | None = None
+    release: Callable[[], None] | None = None  # called once the tensor is encoded (see hf.py)
 
     @property
     def n_cols(self) -> int:
@@ -62,6 +63,8 @@ class TensorPlan:
                 out[a:b] = self.read_stored(a, b)
             else:
                 out[a:b] = quantize_rows(np.ascontiguousarray(self.read(a, b), np.float32), self.out_type)
+        if self.release is not None:
+            self.release()
         return out
 
 
