@@ -121,10 +121,13 @@ def _add_sentencepiece(writer: GGUFWriter, folder: Path, sp, n_vocab: int) -> No
     for content, i in added.items():
         if isinstance(i, int) and 0 <= i < n_vocab:
             tokens[i], scores[i], types[i] = content.encode("utf-8"), -1000.0, TokenType.USER_DEFINED
-    decoder = (_read_json(folder / "tokenizer_config.json") or {}).get("added_tokens_decoder", {})
-    for key, entry in decoder.items():
-        i, content = int(key), entry["content"]
-        if i >= n_vocab:
+    config = _read_json(folder / "tokenizer_config.json") or {}
+    for key, entry in config.get("added_tokens_decoder", {}).items():
+        try:
+            i, content = int(key), str(entry["content"])
+        except (ValueError, KeyError, TypeError):
+            raise ConvertError(f"tokenizer_config.json: bad added_tokens_decoder entry {key!r}") from None
+        if not 0 <= i < n_vocab:
             continue
         if entry.get("special") or looks_special(content):
             types[i] = TokenType.CONTROL
@@ -136,7 +139,7 @@ def _add_sentencepiece(writer: GGUFWriter, folder: Path, sp, n_vocab: int) -> No
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
-    prefix = (_read_json(folder / "tokenizer_config.json") or {}).get("add_prefix_space")
+    prefix = config.get("add_prefix_space")
     if isinstance(prefix, bool):
         writer.add_add_space_prefix(prefix)
 
