@@ -56,8 +56,8 @@ def dequantize_block_q4_k(block, out):
         qs = block[16 + 32 * i : 48 + 32 * i]
         y = out[64 * i : 64 * i + 64]
         for l in range(len(qs)):
-            y[l] = d0 * np.float32(qs[l] & 0xF) - dm0
-            y[l + 32] = d1 * np.float32(qs[l] >> 4) - dm1
+            y[l] = d0 * np.float32(np.int32(qs[l] & 0xF)) - dm0
+            y[l + 32] = d1 * np.float32(np.int32(qs[l] >> 4)) - dm1
 
 
 @njit(cache=True, inline="always")
@@ -74,10 +74,10 @@ def dequantize_block_q5_k(block, out):
         qs = block[48 + 32 * i : 80 + 32 * i]
         y = out[64 * i : 64 * i + 64]
         for l in range(len(qs)):
-            lo = np.int32(qs[l] & 0xF) | np.int32(((qh[l] >> (2 * i)) & 1) << 4)
-            hi = np.int32(qs[l] >> 4) | np.int32(((qh[l] >> (2 * i + 1)) & 1) << 4)
-            y[l] = d0 * np.float32(lo) - dm0
-            y[l + 32] = d1 * np.float32(hi) - dm1
+            lo = (qs[l] & 0xF) | (((qh[l] >> (2 * i)) & 1) << 4)
+            hi = (qs[l] >> 4) | (((qh[l] >> (2 * i + 1)) & 1) << 4)
+            y[l] = d0 * np.float32(np.int32(lo)) - dm0
+            y[l + 32] = d1 * np.float32(np.int32(hi)) - dm1
 
 
 @njit(cache=True, inline="always")
@@ -97,12 +97,12 @@ def dequantize_block_q6_k(block, out):
             hbits = qh[lo : lo + 16]
             for j in range(len(hbits)):
                 l = lo + j
-                h2 = np.int32(hbits[j])
-                q0 = np.int32(ql[l] & 0xF) | ((h2 & 3) << 4)
-                q1 = np.int32(ql[l + 32] & 0xF) | (((h2 >> 2) & 3) << 4)
-                q2 = np.int32(ql[l] >> 4) | (((h2 >> 4) & 3) << 4)
-                q3 = np.int32(ql[l + 32] >> 4) | (((h2 >> 6) & 3) << 4)
-                y[l] = d0 * np.float32(q0 - 32)
-                y[l + 32] = d1 * np.float32(q1 - 32)
-                y[l + 64] = d2 * np.float32(q2 - 32)
-                y[l + 96] = d3 * np.float32(q3 - 32)
+                h2 = hbits[j]
+                q0 = (ql[l] & 0xF) | ((h2 & 3) << 4)
+                q1 = (ql[l + 32] & 0xF) | (((h2 >> 2) & 3) << 4)
+                q2 = (ql[l] >> 4) | (((h2 >> 4) & 3) << 4)
+                q3 = (ql[l + 32] >> 4) | (((h2 >> 6) & 3) << 4)
+                y[l] = d0 * np.float32(np.int32(q0 - 32))
+                y[l + 32] = d1 * np.float32(np.int32(q1 - 32))
+                y[l + 64] = d2 * np.float32(np.int32(q2 - 32))
+                y[l + 96] = d3 * np.float32(np.int32(q3 - 32))

@@ -13,7 +13,9 @@ Layouts (ggml-common.h); qs holds value j in its low nibble and value j + 16 in 
 
 Loops run to a slice's length (`len(qs)`), not to a literal 16 or 32: numba turns LLVM's SLP
 vectorizer off, so a loop with a constant trip count gets unrolled into scalar code, while one
-whose count LLVM cannot see gets vectorized (8 to 16 values per instruction).
+whose count LLVM cannot see gets vectorized (8 to 16 values per instruction). Numba does
+integer arithmetic in int64; the np.int32(...) before each float conversion lets the vectorizer
+narrow it to 32-bit lanes.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ def dequantize_block_q4_0(block, out):
     d = read_f16(block, 0)
     qs = block[2:18]
     for j in range(len(qs)):
-        out[j] = d * np.float32(np.int32(qs[j] & 0xF) - 8)
-        out[j + 16] = d * np.float32(np.int32(qs[j] >> 4) - 8)
+        out[j] = d * np.float32(np.int32((qs[j] & 0xF) - 8))
+        out[j + 16] = d * np.float32(np.int32((qs[j] >> 4) - 8))
 
 
 @njit(cache=True, inline="always")
@@ -48,8 +50,8 @@ def dequantize_block_q4_1(block, out):
     m = read_f16(block, 2)
     qs = block[4:20]
     for j in range(len(qs)):
-        out[j] = d * np.float32(qs[j] & 0xF) + m
-        out[j + 16] = d * np.float32(qs[j] >> 4) + m
+        out[j] = d * np.float32(np.int32(qs[j] & 0xF)) + m
+        out[j + 16] = d * np.float32(np.int32(qs[j] >> 4)) + m
 
 
 @njit(cache=True, inline="always")
@@ -58,10 +60,10 @@ def dequantize_block_q5_0(block, out):
     qh = read_u32(block, 2)
     qs = block[6:22]
     for j in range(len(qs)):
-        lo = np.int32(qs[j] & 0xF) | np.int32(((qh >> j) & 1) << 4)
-        hi = np.int32(qs[j] >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
-        out[j] = d * np.float32(lo - 16)
-        out[j + 16] = d * np.float32(hi - 16)
+        lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4)
+        hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)
+        out[j] = d * np.float32(np.int32(lo - 16))
+        out[j + 16] = d * np.float32(np.int32(hi - 16))
 
 
 @njit(cache=True, inline="always")
@@ -71,10 +73,10 @@ def dequantize_block_q5_1(block, out):
     qh = read_u32(block, 4)
     qs = block[8:24]
     for j in range(len(qs)):
-        lo = np.int32(qs[j] & 0xF) | np.int32(((qh >> j) & 1) << 4)
-        hi = np.int32(qs[j] >> 4) | np.int32(((qh >> (j + 16)) & 1) << 4)
-        out[j] = d * np.float32(lo) + m
-        out[j + 16] = d * np.float32(hi) + m
+        lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4)
+        hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)
+        out[j] = d * np.float32(np.int32(lo)) + m
+        out[j + 16] = d * np.float32(np.int32(hi)) + m
 
 
 @njit(cache=True, inline="always")
