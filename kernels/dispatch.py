@@ -10,6 +10,11 @@ live in floats.py, legacy.py and kquants.py; this file holds the loops they shar
     matmul          few x rows: for_rows dots; many: dequantize a bounded tile of rows, then
                     BLAS (x @ tile.T) into out[:, tile], tile after tile
 
+Exactness: every dequantizing function says fastmath=False explicitly. Numba hands a caller's
+fast-math flags down to the functions it calls unless they set their own, and for_rows (fast
+math for its dot products) calls dequantize_row: 'contract' would fuse d * q + m into one FMA,
+one rounding where gguf has two.
+
 The type is a runtime int, so each kernel is compiled once for all types; the Python wrappers
 below pass every array in one layout (C-contiguous, read-only inputs) so that there is one
 compilation per kernel. Numba caches the machine code on disk: the first run compiles for
@@ -48,7 +53,7 @@ TILE_BYTES = 4 << 20
 CHUNK_ROWS = 16
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def dequantize_row(row, ggml_type, out):
     """row: uint8 [row_bytes] of type ggml_type -> out: float32 [n_cols]."""
     n_cols = out.shape[0]
@@ -91,9 +96,8 @@ def for_rows(data, ggml_type, row_ids, x, out, dot):
         dot=True:  out[:, i] = x @ row          x: float32 [n, n_cols], out: float32 [n, len(row_ids)]
 
     For the dot a row goes to a per-thread buffer that stays in L1 while the n x rows pass over
-    it. The fastmath flags let the dot products vectorize; they apply to this function's own
-    instructions only, so dequantize_row (compiled without them, and called, not inlined)
-    stays exact.
+    it. The fastmath flags let the dot products vectorize; dequantize_row, called (not inlined)
+    and compiled with fastmath=False, stays exact.
     """
     n_cols = x.shape[1] if dot else out.shape[1]
     n_ids = row_ids.shape[0]

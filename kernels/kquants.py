@@ -26,7 +26,7 @@ from .floats import read_f16
 QK_K = 256  # values per super-block
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=False)
 def scale_min_k4(scales, s):
     """The 6-bit scale and min of sub-block s (0..7), packed in scales: uint8 [12] as
 
@@ -43,10 +43,10 @@ def scale_min_k4(scales, s):
     return np.float32(sc), np.float32(m)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q4_k(block, out):
-    d = read_f16(block, 0)
-    dmin = read_f16(block, 2)
+    d = read_f16(block[0:2])
+    dmin = read_f16(block[2:4])
     scales = block[4:16]
     for i in range(4):  # 64 values: sub-blocks 2i and 2i + 1 share 32 bytes of qs
         sc0, m0 = scale_min_k4(scales, 2 * i)
@@ -60,10 +60,10 @@ def dequantize_block_q4_k(block, out):
             y[l + 32] = d1 * np.float32(np.int32(qs[l] >> 4)) - dm1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q5_k(block, out):
-    d = read_f16(block, 0)
-    dmin = read_f16(block, 2)
+    d = read_f16(block[0:2])
+    dmin = read_f16(block[2:4])
     scales = block[4:16]
     qh = block[16:48]
     for i in range(4):
@@ -80,9 +80,9 @@ def dequantize_block_q5_k(block, out):
             y[l + 32] = d1 * np.float32(np.int32(hi)) - dm1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q6_k(block, out):
-    d = read_f16(block, 208)
+    d = read_f16(block[208:210])
     for h in range(2):  # halves of 128 values
         ql = block[64 * h : 64 * h + 64]
         qh = block[128 + 32 * h : 160 + 32 * h]

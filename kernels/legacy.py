@@ -28,36 +28,36 @@ from .floats import read_f16
 QK = 32  # values per block
 
 
-@njit(cache=True)
-def read_u32(block, i):
-    """The little-endian uint32 at block[i : i + 4]."""
-    return (np.int64(block[i]) | (np.int64(block[i + 1]) << 8)
-            | (np.int64(block[i + 2]) << 16) | (np.int64(block[i + 3]) << 24))
+@njit(cache=True, fastmath=False)
+def read_u32(field):
+    """The little-endian uint32 in field: uint8 [4]."""
+    return (np.int64(field[0]) | (np.int64(field[1]) << 8)
+            | (np.int64(field[2]) << 16) | (np.int64(field[3]) << 24))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q4_0(block, out):
-    d = read_f16(block, 0)
+    d = read_f16(block[0:2])
     qs = block[2:18]
     for j in range(len(qs)):
         out[j] = d * np.float32(np.int32((qs[j] & 0xF) - 8))
         out[j + 16] = d * np.float32(np.int32((qs[j] >> 4) - 8))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q4_1(block, out):
-    d = read_f16(block, 0)
-    m = read_f16(block, 2)
+    d = read_f16(block[0:2])
+    m = read_f16(block[2:4])
     qs = block[4:20]
     for j in range(len(qs)):
         out[j] = d * np.float32(np.int32(qs[j] & 0xF)) + m
         out[j + 16] = d * np.float32(np.int32(qs[j] >> 4)) + m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q5_0(block, out):
-    d = read_f16(block, 0)
-    qh = read_u32(block, 2)
+    d = read_f16(block[0:2])
+    qh = read_u32(block[2:6])
     qs = block[6:22]
     for j in range(len(qs)):
         lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4)
@@ -66,11 +66,11 @@ def dequantize_block_q5_0(block, out):
         out[j + 16] = d * np.float32(np.int32(hi - 16))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q5_1(block, out):
-    d = read_f16(block, 0)
-    m = read_f16(block, 2)
-    qh = read_u32(block, 4)
+    d = read_f16(block[0:2])
+    m = read_f16(block[2:4])
+    qh = read_u32(block[4:8])
     qs = block[8:24]
     for j in range(len(qs)):
         lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4)
@@ -79,9 +79,9 @@ def dequantize_block_q5_1(block, out):
         out[j + 16] = d * np.float32(np.int32(hi)) + m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_block_q8_0(block, out):
-    d = read_f16(block, 0)
+    d = read_f16(block[0:2])
     qs = block[2:34]
     for j in range(len(qs)):
         out[j] = d * np.float32(np.int8(qs[j]))
