@@ -171,15 +171,18 @@ def test_matmul_in_many_tiles(tensors, monkeypatch):
 @pytest.mark.parametrize("n", [1, 16])
 def test_matmul_by_the_output_matrix_keeps_scratch_bounded(model, n):
     t = model.tensors["token_embd.weight"]  # Q8_0 [262144, 640]: 671 MB as float32
+    # Decode runs over all of it; prefill (BLAS, slow on a busy machine) over a quarter: still
+    # 168 MB if it were dequantized at once.
+    data = t.data if n == 1 else t.data[: 1 << 16]
     x = np.random.default_rng(0).standard_normal((n, t.n_cols), dtype=np.float32)
-    matmul(x[:, :], t.data[:64], t.ggml_type, t.n_cols)  # compile outside the measurement
+    matmul(x, data[:64], t.ggml_type, t.n_cols)  # compile outside the measurement
     tracemalloc.start()
-    out = matmul(x, t.data, t.ggml_type, t.n_cols)
+    out = matmul(x, data, t.ggml_type, t.n_cols)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < out.nbytes + (32 << 20)
-    ids = np.array([0, 1, 2, 4095, 100_000, 262_143])
-    assert_matmul_close(out[:, ids], x, reference(t.data[ids], t.ggml_type, t.n_cols))
+    ids = np.array([0, 1, 2, 4095, 65_535, data.shape[0] - 1])
+    assert_matmul_close(out[:, ids], x, reference(data[ids], t.ggml_type, t.n_cols))
 
 
 def test_matmul_rejects_wrong_shapes(tensors):
