@@ -183,7 +183,9 @@ def matmul(x: np.ndarray, data: np.ndarray, ggml_type: int, n_cols: int,
     elif out.shape != (n, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous float32 [{n}, {rows}]")
 
-    if ggml_type == F32:  # float32 already: BLAS straight on the mapped bytes
+    if n == 0:
+        pass
+    elif ggml_type == F32:  # float32 already: BLAS straight on the mapped bytes
         np.matmul(x, data.view(np.float32).T, out=out)
     elif n <= MATVEC_MAX_ROWS:
         for_rows(data, ggml_type, _all_rows(rows), x, out, True)

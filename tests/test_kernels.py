@@ -160,6 +160,11 @@ def test_matmul_writes_into_out(tensors, n):
     assert_matmul_close(out, x, reference(data, T.Q4_K, n_cols))
 
 
+def test_matmul_of_no_rows(tensors):
+    data, n_cols = tensors[T.Q6_K]
+    assert matmul(np.zeros((0, n_cols), np.float32), data, T.Q6_K, n_cols).shape == (0, data.shape[0])
+
+
 def test_matmul_in_many_tiles(tensors, monkeypatch):
     # A tile of 3 rows (37 rows: 12 full tiles and a ragged one).
     data, n_cols = tensors[T.Q5_1]
