@@ -10,6 +10,16 @@ feature, n_cols values) and its ggml type as an int (`gguf.GGMLQuantizationType`
 Threads: numba's (set with numba.set_num_threads) for the kernels, numpy's BLAS for prefill.
 """
 
-from .dispatch import SUPPORTED_TYPES, dequantize, get_rows, matmul
+import os
+
+# numba's OpenMP threads spin after each parallel region by default. Our regions are short (a
+# decode matmul takes ~0.1-1 ms) and a token runs ~100 of them: on a busy machine the spinning
+# threads lose their cores and each region then waits a scheduler tick (measured on a shared
+# 2-core box: 12 ms per matmul instead of 0.6). Sleeping threads cost a wake-up of a few
+# microseconds instead. Set before the first parallel region, when libgomp reads it; a value
+# the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .dispatch import SUPPORTED_TYPES, dequantize, get_rows, matmul  # noqa: E402
 
 __all__ = ["SUPPORTED_TYPES", "dequantize", "get_rows", "matmul"]
