@@ -1,8 +1,9 @@
 """K-quants: super-blocks of 256 values in sub-blocks with their own 6- or 8-bit scales.
 
-Each function dequantizes one super-block, block: uint8 [type_size] -> out: float32 [256], with the float32 operations of ggml's `dequantize_row_*` and `gguf.quants`
-in the same order (scale products rounded to f32 first, then x = (d * sc) * q - (dmin * m),
-never fused), so the values match bit for bit. Layouts (ggml-common.h):
+Each function dequantizes one super-block, block: uint8 [type_size] -> out: float32 [256], with
+the float32 operations of ggml's `dequantize_row_*` and `gguf.quants` in the same order (scale
+products rounded to f32 first, then x = (d * sc) * q - (dmin * m), never fused), so the values
+match bit for bit. Layouts (ggml-common.h):
 
     Q4_K  144 bytes: d f16 | dmin f16 | scales u8[12] | qs u8[128]
           8 sub-blocks of 32; sub-block 2i+k takes nibble k of qs[32i : 32i + 32].
