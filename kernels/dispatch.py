@@ -92,8 +92,8 @@ def dequantize_row(row, ggml_type, out):
 @njit(cache=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
 def for_rows(data, ggml_type, row_ids, x, out, dot):
     """The one parallel loop. For each i, dequantize row row_ids[i] of data, then
-        dot=False: out[i] = row                 out: float32 [len(row_ids), n_cols]
-        dot=True:  out[:, i] = x @ row          x: float32 [n, n_cols], out: float32 [n, len(row_ids)]
+        dot=False: out[i] = row       out: float32 [len(row_ids), n_cols]
+        dot=True:  out[:, i] = x @ row    x: float32 [n, n_cols], out: float32 [n, len(row_ids)]
 
     For the dot a row goes to a per-thread buffer that stays in L1 while the n x rows pass over
     it. The fastmath flags let the dot products vectorize; dequantize_row, called (not inlined)

@@ -60,7 +60,8 @@ def dequantize_row_f32(row, out):
     """row: 4 * n bytes -> out[:n]."""
     for j in range(out.shape[0]):
         out[j] = bits_to_float32(np.int64(row[4 * j]) | (np.int64(row[4 * j + 1]) << 8)
-                                 | (np.int64(row[4 * j + 2]) << 16) | (np.int64(row[4 * j + 3]) << 24))
+                                 | (np.int64(row[4 * j + 2]) << 16)
+                                 | (np.int64(row[4 * j + 3]) << 24))
 
 
 @njit(cache=True, fastmath=False)

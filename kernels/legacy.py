@@ -7,7 +7,7 @@ Layouts (ggml-common.h); qs holds value j in its low nibble and value j + 16 in 
 
     Q4_0  18 bytes: d f16 | qs u8[16]                  x = d * (q4 - 8)
     Q4_1  20 bytes: d f16 | m f16 | qs u8[16]          x = d * q4 + m
-    Q5_0  22 bytes: d f16 | qh u32 | qs u8[16]         x = d * (q5 - 16), bit 4 of value j in qh bit j
+    Q5_0  22 bytes: d f16 | qh u32 | qs u8[16]         x = d * (q5 - 16), q5 bit 4 in qh bit j
     Q5_1  24 bytes: d f16 | m f16 | qh u32 | qs u8[16] x = d * q5 + m
     Q8_0  34 bytes: d f16 | qs i8[32]                  x = d * q8
 
