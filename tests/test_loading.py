@@ -1,0 +1,34 @@
+"""Loading keeps quantized weights quantized and in the file: nothing is dequantized at load."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgellm
+
+pytestmark = pytest.mark.slow
+
+
+def test_weights_are_views_into_the_mapped_file(llm):
+    tensors = llm.gguf.tensors
+    assert tensors["token_embd.weight"].type_name == "Q8_0"
+    for t in tensors.values():
+        assert not t.data.flags.owndata and not t.data.flags.writeable, t.name
+    # the model's linear layers hold those same views
+    assert llm.model.blocks[0].attn.wq.weight.data is tensors["blk.0.attn_q.weight"].data
+
+
+def test_rss_after_load_is_about_the_file_size(model_path):
+    # A fresh process: RSS after load, before any token, stays below the file size plus the
+    # interpreter, numpy and numba (dequantizing the Q8_0 embedding alone would add 671 MB).
+    code = (
+        "import edgellm, os;"
+        "llm = edgellm.load(ctx=512);"
+        "rss = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')][0];"
+        "print(rss * 1024, os.path.getsize(llm.path))"
+    )
+    rss, size = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         check=True, timeout=300).stdout.split())
+    assert rss < size + 200 * 2**20, (rss / 2**20, size / 2**20)
