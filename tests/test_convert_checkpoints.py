@@ -160,6 +160,27 @@ def permute(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def llama_cpp_model(path, **kwargs):
+    """llama_cpp.Llama for `path`, its weights in plain CPU buffers rather than llama.cpp's "extra"
+    AMX/repacked ones: those die with an illegal instruction on VMs that advertise AMX without
+    enabling it, and they compute the same model."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+    finally:
+        lib.llama_model_default_params = default
+
+
 def read_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 

@@ -1,0 +1,61 @@
+"""llama.cpp loads and runs what `edgellm convert` writes. Runs only where llama-cpp-python is
+installed (the optional `bench` extra, compiled from source): it is the reference the converter's
+names, layouts and metadata are meant for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_convert_checkpoints import (  # noqa: F401 (checkpoints is a fixture)
+    ARCHS, checkpoints, llama_cpp_model, make_checkpoint, spm, torch, transformers,
+)
+
+from edgellm.converters import convert
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+TEXT = "Hello world! The converter writes 3 files, 12.5% smaller; naïve café, 東京, emoji 🦙 and tabs\tend."
+
+
+def llama_cpp_logits(path, ids) -> np.ndarray:
+    llm = llama_cpp_model(path, n_ctx=64, n_batch=64, logits_all=True, n_threads=2,
+                          type_k=0, type_v=0)  # an F32 KV cache, not F16
+    llm.eval(list(map(int, ids)))
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+@pytest.mark.parametrize("type", ["f32", "q8_0"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_llama_cpp_logits_match_transformers(checkpoints, tmp_path, arch, type):
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoints[arch], dtype=torch.float32)
+    ids = np.random.default_rng(2).integers(0, model.config.vocab_size, 40)
+    with torch.no_grad():
+        want = model(torch.tensor(ids)[None]).logits[0].numpy()
+    got = llama_cpp_logits(convert(checkpoints[arch], tmp_path / "m.gguf", type=type, progress=False), ids)
+    top1 = (got.argmax(-1) == want.argmax(-1)).mean()
+    error = np.abs(got - want).max() / np.abs(want).max()
+    print(f"{arch} {type}: top-1 {top1:.3f}, max error {error:.1e} of the largest logit")
+    if type == "f32":  # not exact: ggml's GELU reads an f16 table, its RoPE differs in rounding
+        assert top1 >= 0.98 and error < 1e-2
+    else:  # llama.cpp also quantizes activations to 8 bits; the flat random logits allow flips
+        assert error < 0.1
+
+
+def test_llama_cpp_tokenizes_a_sentencepiece_conversion_like_sentencepiece(checkpoints, tmp_path):
+    out = convert(checkpoints["llama"], tmp_path / "spm.gguf", type="q8_0", progress=False)
+    llm = llama_cpp_model(out, vocab_only=True)
+    sp = spm.SentencePieceProcessor(model_file=str(checkpoints["llama"] / "tokenizer.model"))
+    text = "the quick brown fox writes one file that a runtime can map"
+    assert llm.tokenize(text.encode(), add_bos=False) == sp.encode(text)
+    assert llm.tokenize(text.encode(), add_bos=True)[0] == sp.bos_id()
+
+
+def test_llama_cpp_tokenizes_a_bpe_conversion_like_tokenizers(tmp_path):
+    from tokenizers import Tokenizer
+
+    folder = make_checkpoint(tmp_path / "hf", "llama", tokenizer="llama3")
+    out = convert(folder, tmp_path / "bpe.gguf", type="q8_0", progress=False)
+    llm = llama_cpp_model(out, vocab_only=True)
+    want = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(TEXT).ids  # with BOS
+    assert llm.tokenize(TEXT.encode(), add_bos=True) == want
+
