@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from edgellm.default_model import default_model_path
 from edgellm.errors import EdgeLLMError
@@ -26,6 +27,9 @@ from edgellm.models import ARCHITECTURES
 from edgellm.sampling import Sampler, SamplingParams
 from edgellm.system import peak_rss_mb, physical_cores
 from edgellm.tokenizer import Tokenizer
+
+
+DECODE_MAX_TOKENS = 8  # batches up to this size run on the Numba mat-vec kernels alone
 
 
 @dataclass
@@ -80,6 +84,7 @@ class LLM:
         if self.threads < 1:
             raise EdgeLLMError(f"threads must be >= 1, got {threads}")
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        self._blas = ThreadpoolController()
         self.kv_cache = KVCache(self.hparams, self.n_ctx)
         self.last_stats = GenerationStats()
 
@@ -108,7 +113,11 @@ class LLM:
         if start + len(ids) > self.n_ctx:
             raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.n_ctx} (use -c)")
         positions = np.arange(start, start + len(ids), dtype=np.int64)
-        logits = self.model.forward(ids, positions, self.kv_cache, all_logits)
+        # BLAS only does the big products of a long batch. For a few tokens its threads would
+        # only spin between calls, stealing the cores the Numba kernels run on (2.5x slower decode).
+        blas_threads = self.threads if len(ids) > DECODE_MAX_TOKENS else 1
+        with self._blas.limit(limits=blas_threads, user_api="blas"):
+            logits = self.model.forward(ids, positions, self.kv_cache, all_logits)
         self.kv_cache.n_past += len(ids)
         return logits
 

@@ -68,8 +68,8 @@ def attention(
     sliding window only those with p - p' < window (llama.cpp's standard SWA). Queries are taken
     in blocks so that the score matrix stays small for long prompts.
     """
-    n, n_head, _ = q.shape
-    n_kv, _, hd_v = v.shape
+    n, n_head, hd = q.shape
+    n_kv, m, hd_v = v.shape
     group = n_head // n_kv
     out = np.empty((n, n_head, hd_v), dtype=np.float32)
     for q0 in range(0, n, q_block):
@@ -81,11 +81,16 @@ def attention(
         bias = np.where(visible, np.float32(0), np.float32(-np.inf))  # [nq, m]
         for h in range(n_kv):
             heads = slice(h * group, (h + 1) * group)
-            qh = q[q0:q1, heads, :]  # [nq, group, hd]
-            scores = np.matmul(qh, k[h].T) * np.float32(scale)  # [nq, group, m]
+            # one 2-D product per KV head: [(nq * group), hd] @ [hd, m]
+            qh = np.ascontiguousarray(q[q0:q1, heads, :]).reshape(-1, hd)
+            scores = (qh @ k[h].T).reshape(q1 - q0, group, m)
+            scores *= np.float32(scale)
             scores += bias[:, None, :]
             scores -= scores.max(axis=-1, keepdims=True)
+            # exp() of a score this far below the max would be a denormal, which the FPU
+            # handles ~100x slower; its weight is below float32 resolution anyway.
+            scores[scores < -80.0] = -np.inf
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
-            out[q0:q1, heads, :] = np.matmul(scores, v[h])
+            out[q0:q1, heads, :] = (scores.reshape(-1, m) @ v[h]).reshape(q1 - q0, group, hd_v)
     return out.reshape(n, n_head * hd_v)
