@@ -181,6 +181,24 @@ def llama_cpp_model(path, **kwargs):
         lib.llama_model_default_params = default
 
 
+def ggml_quantize(rows: np.ndarray, qtype) -> bytes:
+    """ggml's own ggml_quantize_chunk (no importance matrix: the reference quantizers), from the
+    libggml that llama-cpp-python ships."""
+    import ctypes
+
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(next((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.so*"))))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    rows = np.ascontiguousarray(rows, np.float32).reshape(-1, rows.shape[-1])
+    out = np.zeros(rows.size * 4, np.uint8)  # more than any of these types needs
+    n = lib.ggml_quantize_chunk(int(qtype), rows.ctypes.data, out.ctypes.data, 0, rows.shape[0],
+                                rows.shape[1], None)
+    return out[:n].tobytes()
+
+
 def read_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 

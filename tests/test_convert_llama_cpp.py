@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_convert_checkpoints import (  # noqa: F401 (checkpoints is a fixture)
-    ARCHS, checkpoints, llama_cpp_model, make_checkpoint, spm, torch, transformers,
+    ARCHS, checkpoints, ggml_quantize, llama_cpp_model, make_checkpoint, spm, torch, transformers,
 )
 
 from edgellm.converters import convert
@@ -59,3 +59,18 @@ def test_llama_cpp_tokenizes_a_bpe_conversion_like_tokenizers(tmp_path):
     want = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(TEXT).ids  # with BOS
     assert llm.tokenize(TEXT.encode(), add_bos=True) == want
 
+
+
+@pytest.mark.parametrize("type", ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"])
+def test_converted_blocks_equal_ggml_reference_quantizers(checkpoints, tmp_path, type):
+    from gguf import GGMLQuantizationType as Q
+    from test_convert_checkpoints import expected_hf_values, hf_tensors, read_config
+
+    from edgellm.gguf_file import GGUFFile
+
+    folder = checkpoints["gemma3"]
+    out = GGUFFile(convert(folder, tmp_path / "g.gguf", type=type, progress=False))
+    hf, cfg = hf_tensors(folder), read_config(folder)
+    for name, t in out.tensors.items():
+        if t.ggml_type != Q.F32:
+            assert t.data.tobytes() == ggml_quantize(expected_hf_values("gemma3", name, hf, cfg), t.ggml_type), name

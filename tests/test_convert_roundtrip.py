@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
-from test_convert_checkpoints import llama_cpp_model
+from test_convert_checkpoints import ggml_quantize, llama_cpp_model
 
 import edgellm
 from edgellm.converters import convert
@@ -119,6 +119,27 @@ def test_f16_weights_are_the_original_values_rounded_to_f16(original, converted)
             assert np.array_equal(got, want.astype(np.float16).astype(np.float32)), name
         else:  # norms: transformers stored w - 1, the converter added the 1 back in float32
             assert np.allclose(got, want, rtol=0, atol=1e-6), name
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+def test_quantized_blocks_equal_the_reference_quantizers_on_real_weights(hf_checkpoint, converted, type):
+    from safetensors import safe_open
+
+    out = GGUFFile(converted[type])
+    pairs = {"blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight",
+             "blk.7.ffn_down.weight": "model.layers.7.mlp.down_proj.weight",
+             "token_embd.weight": "model.embed_tokens.weight"}
+    with safe_open(str(hf_checkpoint / "model.safetensors"), "np") as f:
+        for gguf_name, hf_name in pairs.items():
+            n_rows = f.get_slice(hf_name).get_shape()[0]
+            rows = f.get_slice(hf_name)[: min(n_rows, 8192)]  # embeddings: 2 of the converter's chunks
+            t = out.tensors[gguf_name]
+            got = t.data[: len(rows)].tobytes()
+            assert got == quants.quantize(rows, t.ggml_type).tobytes(), gguf_name
+            try:
+                assert got == ggml_quantize(rows, t.ggml_type), gguf_name  # ggml's own C code
+            except ImportError:
+                pass  # llama-cpp-python (and the libggml it ships) is optional
 
 
 def test_perplexity_stays_close_to_the_original(model_path, converted, reference_dir):
