@@ -82,7 +82,7 @@ def list_plan(tensors: list[TensorPlan], file: TextIO | None = None) -> None:
 
 def write_gguf(out: Path, writer: GGUFWriter, tensors: list[TensorPlan], progress: bool = True) -> None:
     """Write `writer`'s metadata and `tensors` to `out`, atomically (see the module docstring)."""
-    for t in tensors:
+    for t in tensors:  # the numpy dtype is not consulted when raw_dtype is given (unless uint8)
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.out_type)
     tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
     bar = tqdm(total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, unit_divisor=1024,

@@ -39,7 +39,8 @@ def train_sentencepiece(folder: Path, vocab_size: int = 320) -> spm.SentencePiec
     spm.SentencePieceTrainer.train(
         input=str(text), model_prefix=str(folder / "tokenizer"), vocab_size=vocab_size,
         model_type="bpe", byte_fallback=True, character_coverage=1.0, pad_id=PAD, eos_id=EOS,
-        bos_id=BOS, unk_id=UNK, bos_piece="<bos>", eos_piece="<eos>", user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "<tab>"],
+        bos_id=BOS, unk_id=UNK, bos_piece="<bos>", eos_piece="<eos>",
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>", "<tab>"],
         minloglevel=2,
     )
     text.unlink()

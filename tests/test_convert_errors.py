@@ -157,9 +157,9 @@ def test_unknown_bpe_pre_tokenizer(llama, out_dir):
     tokenizers = pytest.importorskip("tokenizers")
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(["a made-up byte-level tokenizer nobody has hashed"] * 10,
-                            tokenizers.trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["a made-up byte-level tokenizer nobody has hashed"] * 10, trainer)
     (llama / "tokenizer.model").unlink()
     bpe.save(str(llama / "tokenizer.json"))
     refuse(llama, out_dir / "m.gguf", "unknown BPE pre-tokenizer")

@@ -41,7 +41,8 @@ def sentencepiece_from_gguf(md: dict) -> bytes:
     spec.unk_id, spec.bos_id = md["tokenizer.ggml.unknown_token_id"], md["tokenizer.ggml.bos_token_id"]
     spec.eos_id, spec.pad_id = md["tokenizer.ggml.eos_token_id"], md["tokenizer.ggml.padding_token_id"]
     norm = proto.normalizer_spec
-    norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces, norm.escape_whitespaces = "identity", False, False, True
+    norm.name, norm.add_dummy_prefix = "identity", False
+    norm.remove_extra_whitespaces, norm.escape_whitespaces = False, True
     types = md["tokenizer.ggml.token_type"].tolist()
     for i, (piece, score) in enumerate(zip(md["tokenizer.ggml.tokens"], md["tokenizer.ggml.scores"].tolist())):
         entry = proto.pieces.add()
