@@ -3,6 +3,8 @@ which types, with which values, and the metadata llama.cpp reads."""
 
 from __future__ import annotations
 
+import importlib
+
 import argparse
 import json
 import shutil
@@ -272,7 +274,7 @@ def test_half_precision_checkpoints_widen_exactly(tmp_path, dtype):
 
 
 def test_gemma3_conditional_generation_converts_its_text_model(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = importlib.import_module("transformers")
     folder = tmp_path / "mm"
     text = make_checkpoint(tmp_path / "text", "gemma3")
     text_cfg = transformers.Gemma3TextConfig.from_pretrained(text)

