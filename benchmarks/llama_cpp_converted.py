@@ -82,3 +82,26 @@ def test_converted_blocks_equal_ggml_reference_quantizers(checkpoints, tmp_path,
     for name, t in out.tensors.items():
         if t.ggml_type != Q.F32:
             assert t.data.tobytes() == ggml_quantize(expected_hf_values("gemma3", name, hf, cfg), t.ggml_type), name
+
+
+# The real Gemma-3-270M round trip (fixtures shared with tests/test_convert_roundtrip.py).
+from conftest import model_path, reference, reference_dir  # noqa: E402,F401
+from test_convert_roundtrip import converted, hf_checkpoint, original  # noqa: E402,F401
+
+
+def test_llama_cpp_tokenizes_the_converted_file_like_the_original(converted, reference):
+    llm = llama_cpp_model(converted["q8_0"], vocab_only=True)
+    for case in reference["tokenize"]:
+        assert llm.tokenize(case["text"].encode(), add_bos=True, special=False) == case["ids"], case["text"]
+    for case in reference["tokenize_special"]:
+        assert llm.tokenize(case["text"].encode(), add_bos=True, special=True) == case["ids"], case["text"]
+
+
+def test_llama_cpp_predicts_with_the_converted_file_like_with_the_original(converted, reference):
+    teacher = reference["teacher"][0]
+    ids = teacher["ids"][:128]
+    llm = llama_cpp_model(converted["f16"], n_ctx=128, n_batch=128, logits_all=True, n_threads=2)
+    llm.eval(ids)
+    agree = (np.array(llm.scores[: len(ids)]).argmax(-1) == np.array(teacher["argmax"][: len(ids)])).mean()
+    print(f"llama.cpp, f16 conversion vs the original Q4_K_M: top-1 agreement {agree:.3f}")
+    assert agree >= 0.9

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants
-from test_convert_checkpoints import ggml_quantize, llama_cpp_model
+from test_convert_checkpoints import ggml_quantize
 
 import edgellm
 from edgellm.converters import convert
@@ -158,22 +158,3 @@ def test_perplexity_stays_close_to_the_original(model_path, converted, reference
 
 
 # --- llama.cpp on the converted files (where llama-cpp-python is installed) -----------------------
-
-def test_llama_cpp_tokenizes_the_converted_file_like_the_original(converted, reference):
-    importlib.import_module("llama_cpp")
-    llm = llama_cpp_model(converted["q8_0"], vocab_only=True)
-    for case in reference["tokenize"]:
-        assert llm.tokenize(case["text"].encode(), add_bos=True, special=False) == case["ids"], case["text"]
-    for case in reference["tokenize_special"]:
-        assert llm.tokenize(case["text"].encode(), add_bos=True, special=True) == case["ids"], case["text"]
-
-
-def test_llama_cpp_predicts_with_the_converted_file_like_with_the_original(converted, reference):
-    importlib.import_module("llama_cpp")
-    teacher = reference["teacher"][0]
-    ids = teacher["ids"][:128]
-    llm = llama_cpp_model(converted["f16"], n_ctx=128, n_batch=128, logits_all=True, n_threads=2)
-    llm.eval(ids)
-    agree = (np.array(llm.scores[: len(ids)]).argmax(-1) == np.array(teacher["argmax"][: len(ids)])).mean()
-    print(f"llama.cpp, f16 conversion vs the original Q4_K_M: top-1 agreement {agree:.3f}")
-    assert agree >= 0.9
