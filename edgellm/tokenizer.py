@@ -136,6 +136,42 @@ def clean_spaces(data: bytes) -> bytes:
     return data
 
 
+
+def merge_adjacent(symbols: list[str], priority) -> list[str]:
+    """The merge loop both llama.cpp tokenizers share: repeatedly join the adjacent pair whose
+    priority(left, right) is lowest (ties: leftmost) until no pair has one (None). Symbols form a
+    linked list over their start index; a merged pair lives at the left index, the right empties.
+    """
+    n = len(symbols)
+    if n < 2:
+        return symbols
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    queue = []  # (priority, left, right, merged text)
+
+    def push(left: int, right: int) -> None:
+        p = priority(symbols[left], symbols[right])
+        if p is not None:
+            heapq.heappush(queue, (p, left, right, symbols[left] + symbols[right]))
+
+    for i in range(n - 1):
+        push(i, i + 1)
+    while queue:
+        _, left, right, merged = heapq.heappop(queue)
+        if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
+            continue  # one side changed since this pair was queued
+        symbols[left], symbols[right] = merged, ""
+        after = nxt[right]
+        nxt[left] = after
+        if after >= 0:
+            prv[after] = left
+        if prv[left] >= 0:
+            push(prv[left], left)
+        if after >= 0:
+            push(left, after)
+    return [symbol for symbol in symbols if symbol]  # merges only move text leftwards: order holds
+
 class Tokenizer:
     """A GGUF vocabulary: encode text to ids and decode ids to text exactly as llama.cpp does."""
 
@@ -426,48 +462,15 @@ class Tokenizer:
     def _spm_piece(self, text: str) -> list[int]:
         """Merge neighbours into the best-scoring token first (ties: leftmost) until none can."""
         vocab, scores = self._token_to_id, self._scores
-        n = len(text)
-        if n == 1:
-            tid = vocab.get(text)
-            return [tid] if tid is not None else self._byte_fallback(text)
-        size = [1] * n  # characters in the symbol starting at i; 0 once merged into its left
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        queue = []  # (-score, left, right, size of left+right)
-        for i in range(n - 1):
-            tid = vocab.get(text[i:i + 2])
-            if tid is not None:
-                queue.append((-scores[tid], i, i + 1, 2))
-        heapq.heapify(queue)
 
-        def push(left: int, right: int) -> None:
-            total = size[left] + size[right]
-            tid = vocab.get(text[left:left + total])
-            if tid is not None:
-                heapq.heappush(queue, (-scores[tid], left, right, total))
-
-        while queue:
-            _, left, right, total = heapq.heappop(queue)
-            if size[left] == 0 or size[right] == 0 or size[left] + size[right] != total:
-                continue  # one side changed since this pair was queued
-            size[left], size[right] = total, 0
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            if prv[left] >= 0:
-                push(prv[left], left)
-            if after >= 0:
-                push(left, after)
+        def priority(left: str, right: str):
+            tid = vocab.get(left + right)
+            return None if tid is None else -scores[tid]
 
         ids = []
-        i = 0
-        while i >= 0:
-            symbol = text[i:i + size[i]]
+        for symbol in merge_adjacent(list(text), priority):
             tid = vocab.get(symbol)
             ids += [tid] if tid is not None else self._byte_fallback(symbol)
-            i = nxt[i]
         return ids
 
     def _byte_fallback(self, symbol: str) -> list[int]:
@@ -499,49 +502,16 @@ class Tokenizer:
         vocab, ranks = self._token_to_id, self._merge_ranks
         if self._ignore_merges and word in vocab:
             return [vocab[word]]
-        n = len(word)
-        symbols = list(word)  # text of the symbol starting at i; "" once merged into its left
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        queue = []  # (rank, left, right, merged text)
-        for i in range(n - 1):
-            rank = ranks.get(symbols[i] + " " + symbols[i + 1])
-            if rank is not None:
-                queue.append((rank, i, i + 1, symbols[i] + symbols[i + 1]))
-        heapq.heapify(queue)
-
-        def push(left: int, right: int) -> None:
-            rank = ranks.get(symbols[left] + " " + symbols[right])
-            if rank is not None:
-                heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
-
-        while queue:
-            _, left, right, merged = heapq.heappop(queue)
-            if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
-                continue
-            symbols[left], symbols[right] = merged, ""
-            after = nxt[right]
-            nxt[left] = after
-            if after >= 0:
-                prv[after] = left
-            if prv[left] >= 0:
-                push(prv[left], left)
-            if after >= 0:
-                push(left, after)
-
         ids = []
-        i = 0
-        while i >= 0:
-            tid = vocab.get(symbols[i])
+        for symbol in merge_adjacent(list(word), lambda left, right: ranks.get(left + " " + right)):
+            tid = vocab.get(symbol)
             if tid is not None:
                 ids.append(tid)
             else:  # llama.cpp looks up each raw byte of the symbol and drops those it lacks
-                for b in symbols[i].encode("utf-8"):
+                for b in symbol.encode("utf-8"):
                     tid = vocab.get(_raw_byte_key(b))
                     if tid is not None:
                         ids.append(tid)
-            i = nxt[i]
         return ids
 
     # -- decoding ------------------------------------------------------------------------------
