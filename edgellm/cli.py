@@ -156,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EdgeLLMError as e:
+        from edgellm.gguf_file import GGUFError
+
         model = getattr(args, "model", None)
-        where = f"{model}: " if model and type(e).__name__ == "GGUFError" else ""
+        where = f"{model}: " if model and isinstance(e, GGUFError) else ""  # name the bad file
         print(f"edgellm: error: {where}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

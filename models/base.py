@@ -8,7 +8,7 @@ how one block is wired; it knows nothing of the CLI or of sampling.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,7 +40,6 @@ class HParams:
     rope_base_swa: float = 0.0  # sliding-window layers may rotate with their own base
     rope_freq_scale_swa: float = 1.0
     tied_output: bool = False  # output projection shares token_embd
-    extra: dict = field(default_factory=dict)
 
     def window(self, il: int) -> int:
         return self.sliding_window if self.swa_layers and self.swa_layers[il] else 0
