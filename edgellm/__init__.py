@@ -12,8 +12,8 @@ _os.environ.setdefault(
 __version__ = "0.1.0"
 
 
-def load(path=None, threads=None, ctx=4096):
+def load(path=None, threads=None, ctx=4096, kv_type="f32"):
     """Open a GGUF model (None: the bundled default model). See edgellm.llm.LLM."""
     from edgellm.llm import LLM  # imported here so that `import edgellm` stays cheap
 
-    return LLM(path, threads=threads, ctx=ctx)
+    return LLM(path, threads=threads, ctx=ctx, kv_type=kv_type)

@@ -4,29 +4,88 @@ A full-attention layer keeps the whole context; a sliding-window layer keeps onl
 its memory does not grow with the context. Keys are stored after RoPE, with the absolute
 position of each slot (-1 for an empty slot); attention masks by position, so the order of the
 slots in the ring does not matter.
+
+Storage is f32, f16 or q8_0 (`kv_type`); attention always gets float32. q8_0 is ggml's block
+format (32 values share one f16 scale: 34 bytes per 32 values), so an 8-bit cache takes 53% of
+an f16 one. Keys are quantized after RoPE, as llama.cpp does with `-ctk q8_0`.
+
+When a conversation outgrows the context, `KVCache.shift` does what llama.cpp's context shift
+does: it keeps the first n_keep positions (BOS and the system prompt, which the model attends to
+as "sinks"), drops the next n_discard and slides the rest down, re-rotating their keys by the
+position change so that they read as if computed at their new positions.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType, quants
+
+from edgellm.errors import EdgeLLMError
+from edgellm.kernels import dequantize
+from edgellm.kernels.nn import apply_rope, rope_tables
+
+KV_TYPES = ("f32", "f16", "q8_0")
+Q8_0_BLOCK, Q8_0_BYTES = 32, 34  # values per block, bytes per block (f16 scale + 32 int8)
+
+
+class KVStore:
+    """Keys or values of one layer, [n_kv, slot, dim], held as f32, f16 or q8_0 blocks."""
+
+    def __init__(self, n_kv_head: int, capacity: int, dim: int, kv_type: str):
+        self.dim, self.kv_type = dim, kv_type
+        if kv_type == "q8_0":
+            if dim % Q8_0_BLOCK:
+                raise EdgeLLMError(f"--kv-type q8_0 needs a head size that is a multiple of 32, not {dim}")
+            self.data = np.zeros((n_kv_head, capacity, dim // Q8_0_BLOCK * Q8_0_BYTES), np.uint8)
+        else:
+            self.data = np.zeros((n_kv_head, capacity, dim), np.float16 if kv_type == "f16" else np.float32)
+
+    def write(self, slots, x: np.ndarray) -> None:
+        """x float32 [n_kv, len(slots), dim] into those slots."""
+        if self.kv_type == "q8_0":
+            n_kv, m, _ = x.shape
+            x = quants.quantize(x.reshape(n_kv * m, self.dim), GGMLQuantizationType.Q8_0).reshape(n_kv, m, -1)
+        self.data[:, slots] = x
+
+    def read(self, slots=slice(None)) -> np.ndarray:
+        """float32 [n_kv, m, dim] of those slots (a view for f32 and a slice, else a new array)."""
+        part = self.data[:, slots]
+        if self.kv_type == "f32":
+            return part
+        if self.kv_type == "f16":
+            return part.astype(np.float32)
+        n_kv, m, row_bytes = part.shape
+        rows = np.ascontiguousarray(part).reshape(n_kv * m, row_bytes)
+        return dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
 
 
 class LayerKVCache:
-    def __init__(self, n_kv_head: int, head_dim: int, head_dim_v: int, capacity: int, window: int):
+    def __init__(self, n_kv_head: int, head_dim: int, head_dim_v: int, capacity: int, window: int,
+                 kv_type: str = "f32"):
         self.capacity, self.window = capacity, window
-        self.k = np.zeros((n_kv_head, capacity, head_dim), np.float32)  # [n_kv, slot, hd]
-        self.v = np.zeros((n_kv_head, capacity, head_dim_v), np.float32)
+        self.k = KVStore(n_kv_head, capacity, head_dim, kv_type)  # [n_kv, slot, hd]
+        self.v = KVStore(n_kv_head, capacity, head_dim_v, kv_type)
         self.pos = np.full(capacity, -1, np.int64)  # position held by each slot
+        self.lost = -1  # window layers: every position <= lost has been overwritten by the ring
 
     def clear(self) -> None:
         self.pos[:] = -1
+        self.lost = -1
 
     def _store(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> None:
-        keep = slice(max(0, len(positions) - self.capacity), None)  # a long batch keeps its tail
-        slots = positions[keep] % self.capacity
-        self.k[:, slots] = k[keep].transpose(1, 0, 2)
-        self.v[:, slots] = v[keep].transpose(1, 0, 2)
-        self.pos[slots] = positions[keep]
+        n_skip = max(0, len(positions) - self.capacity)  # a long batch keeps its tail
+        if n_skip:
+            self.lost = max(self.lost, int(positions[n_skip - 1]))
+        positions = positions[n_skip:]
+        slots = positions % self.capacity
+        self.lost = max(self.lost, int(self.pos[slots].max()))
+        self.k.write(slots, k[n_skip:].transpose(1, 0, 2))
+        self.v.write(slots, v[n_skip:].transpose(1, 0, 2))
+        self.pos[slots] = positions
 
     def update(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
         """Store the batch's k/v [n, n_kv, hd]; return (keys, values, key_positions) it attends to.
@@ -39,34 +98,99 @@ class LayerKVCache:
         n = len(positions)
         if self.window == 0 or n == 1:
             self._store(k, v, positions)
-            if self.window == 0:  # slots fill from 0 upwards: attend only to the used prefix
+            if self.window == 0:  # slot == position: attend only to the used prefix
                 used = int(positions[-1]) + 1
-                return self.k[:, :used], self.v[:, :used], self.pos[:used]
-            return self.k, self.v, self.pos
-        old = self.pos >= 0
-        keys = np.concatenate([self.k[:, old], k.transpose(1, 0, 2)], axis=1)
-        values = np.concatenate([self.v[:, old], v.transpose(1, 0, 2)], axis=1)
+                return self.k.read(slice(0, used)), self.v.read(slice(0, used)), self.pos[:used]
+            return self.k.read(), self.v.read(), self.pos
+        old = np.flatnonzero(self.pos >= 0)
+        keys = np.concatenate([self.k.read(old), k.transpose(1, 0, 2)], axis=1)
+        values = np.concatenate([self.v.read(old), v.transpose(1, 0, 2)], axis=1)
         key_pos = np.concatenate([self.pos[old], positions])
         self._store(k, v, positions)
         return keys, values, key_pos
+
+    def truncate(self, n: int) -> bool:
+        """Forget positions >= n. False when a window layer's ring already overwrote a position
+        that the next query (at n) would see: the cache can no longer stand for those n tokens."""
+        self.pos[self.pos >= n] = -1
+        return self.window == 0 or self.lost < max(0, n - self.window + 1)
+
+    def shift(self, n_keep: int, n_discard: int, rotate_keys) -> None:
+        """Drop positions [n_keep, n_keep + n_discard), move later ones down by n_discard.
+
+        rotate_keys(k [n_kv, m, hd], delta) re-applies RoPE in place for a position change of
+        delta. Entries move to the slot of their new position; kept positions stay distinct modulo
+        the capacity, so no moved entry lands on one that stays.
+        """
+        start = n_keep + n_discard
+        self.pos[(self.pos >= n_keep) & (self.pos < start)] = -1
+        if self.lost >= start:
+            self.lost -= n_discard
+        elif self.lost >= n_keep:  # everything up to the dropped range had already been lost
+            self.lost = n_keep - 1
+        moved = np.flatnonzero(self.pos >= start)
+        if moved.size == 0:
+            return
+        k = np.array(self.k.read(moved))  # [n_kv, m, hd], a copy
+        v = self.v.read(moved)
+        rotate_keys(k, -n_discard)
+        new_pos = self.pos[moved] - n_discard
+        self.pos[moved] = -1
+        slots = new_pos % self.capacity
+        self.k.write(slots, k)
+        self.v.write(slots, v)
+        self.pos[slots] = new_pos
 
 
 class KVCache:
     """Per-layer caches for a context of n_ctx positions."""
 
-    def __init__(self, hp, n_ctx: int):
-        self.n_ctx = n_ctx
+    def __init__(self, hp, n_ctx: int, kv_type: str = "f32"):
+        if kv_type not in KV_TYPES:
+            raise EdgeLLMError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+        self.hp, self.n_ctx, self.kv_type = hp, n_ctx, kv_type
         self.layers = []
         for il in range(hp.n_layer):
             window = hp.window(il)
             capacity = min(window, n_ctx) if window else n_ctx
-            self.layers.append(LayerKVCache(hp.n_head_kv, hp.head_dim, hp.head_dim_v, capacity, window))
+            self.layers.append(LayerKVCache(hp.n_head_kv, hp.head_dim, hp.head_dim_v, capacity, window, kv_type))
         self.n_past = 0  # positions filled so far; the next token goes at this position
+        self.epoch = 0  # counts clear()s: a chat session knows the cache is still its own
 
     def clear(self) -> None:
         for layer in self.layers:
             layer.clear()
         self.n_past = 0
+        self.epoch += 1
+
+    def truncate(self, n: int) -> bool:
+        """Keep positions [0, n) so that evaluation continues at n; False (and the cache cleared)
+        when a sliding-window layer no longer holds what position n needs."""
+        n = min(n, self.n_past)
+        if not all([layer.truncate(n) for layer in self.layers]):
+            self.clear()
+            return False
+        self.n_past = n
+        return True
+
+    def shift(self, n_keep: int, n_discard: int, rope_factors=None) -> None:
+        """llama.cpp's context shift: keep positions [0, n_keep), drop the next n_discard, slide
+        the rest down and re-rotate their keys. rope_factors: per layer, None or the layer's
+        RoPE frequency factors (llama 3.1+)."""
+        if not (0 <= n_keep and 0 < n_discard and n_keep + n_discard <= self.n_past):
+            raise ValueError(f"cannot drop {n_discard} after {n_keep} of {self.n_past} positions")
+        hp = self.hp
+        for il, layer in enumerate(self.layers):
+            base, scale = hp.rope(il)
+            factors = rope_factors[il] if rope_factors is not None else None
+
+            def rotate_keys(k, delta, base=base, scale=scale, factors=factors):
+                # RoPE at p then at delta is RoPE at p + delta: rotating by delta moves the key.
+                cos, sin = rope_tables(np.array([delta]), hp.n_rot, base, scale, factors)  # [1, n_rot/2]
+                apply_rope(k, cos, sin, hp.rope_type)
+
+            layer.shift(n_keep, n_discard, rotate_keys)
+        self.n_past -= n_discard
 
     @property
     def nbytes(self) -> int:

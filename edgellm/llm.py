@@ -65,7 +65,8 @@ class GenerationStats:
 
 
 class LLM:
-    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096):
+    def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
+                 kv_type: str = "f32"):
         self.path = os.fspath(path) if path is not None else os.fspath(default_model_path())
         self.gguf = GGUFFile(self.path)
         arch = self.gguf.architecture
@@ -85,8 +86,22 @@ class LLM:
             raise EdgeLLMError(f"threads must be >= 1, got {threads}")
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         self._blas = ThreadpoolController()
-        self.kv_cache = KVCache(self.hparams, self.n_ctx)
+        self.kv_type = kv_type
+        self.kv_cache = KVCache(self.hparams, self.n_ctx, kv_type)
         self.last_stats = GenerationStats()
+        self._chat_session = None  # created by the first chat() call
+
+    def set_context(self, n_ctx: int) -> None:
+        """A new, empty KV cache of n_ctx positions."""
+        if n_ctx < 8:
+            raise EdgeLLMError(f"context must be at least 8 tokens, got {n_ctx}")
+        self.kv_cache = KVCache(self.hparams, n_ctx, self.kv_type)
+        self.n_ctx = n_ctx
+
+    def shift_context(self, n_keep: int, n_discard: int) -> None:
+        """Drop cache positions [n_keep, n_keep + n_discard) and slide the later ones down
+        (llama.cpp's context shift; see KVCache.shift)."""
+        self.kv_cache.shift(n_keep, n_discard, [block.attn.rope_factors for block in self.model.blocks])
 
     # --- text <-> ids -------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
@@ -110,8 +125,8 @@ class LLM:
     def _eval(self, ids: np.ndarray, all_logits: bool) -> np.ndarray:
         """Run ids through the model at the next positions of the cache; return their logits."""
         start = self.kv_cache.n_past
-        if start + len(ids) > self.n_ctx:
-            raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.n_ctx} (use -c)")
+        if start + len(ids) > self.kv_cache.n_ctx:
+            raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.kv_cache.n_ctx} (use -c)")
         positions = np.arange(start, start + len(ids), dtype=np.int64)
         # BLAS only does the big products of a long batch. For a few tokens its threads would
         # only spin between calls, stealing the cores the Numba kernels run on (2.5x slower decode).
@@ -184,7 +199,30 @@ class LLM:
             stats.decode_s = time.perf_counter() - t_first
         stats.text = "".join(pieces)
 
+    def chat(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float = 0.8,
+             top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+             seed: int | None = None, stop=None) -> Iterator[str]:
+        """Stream the assistant's reply to messages ([{"role", "content"}], ending with a user
+        turn), rendered with the model's chat template. Successive calls share the KV cache: only
+        what is new since the longest common prefix with the last call is evaluated, and a
+        conversation longer than the context shifts it (edgellm.chat). stop: a threading.Event
+        that ends the reply early. Statistics land in `last_stats` and `last_turn`."""
+        from edgellm.chat import ChatSession
 
-def load(path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096) -> LLM:
-    """Open a GGUF model (None: the bundled default model)."""
-    return LLM(path, threads=threads, ctx=ctx)
+        if self._chat_session is None:
+            self._chat_session = ChatSession(self)
+        session = self._chat_session
+        session.params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, seed=seed)
+        session.max_tokens = max_tokens
+        return session.reply(messages, stop=stop)
+
+    @property
+    def last_turn(self):
+        """The last chat() turn's TurnStats (reused/prefilled tokens, context shifts)."""
+        return self._chat_session.last if self._chat_session is not None else None
+
+
+def load(path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
+         kv_type: str = "f32") -> LLM:
+    """Open a GGUF model (None: the bundled default model). kv_type: f32, f16 or q8_0."""
+    return LLM(path, threads=threads, ctx=ctx, kv_type=kv_type)
