@@ -7,7 +7,9 @@ import sys
 import warnings
 
 from edgellm.converters.convert import convert
+from edgellm.converters.calibrate import DEFAULT_TOKENS
 from edgellm.converters.quantize import EMBEDDING_TYPES, OUTPUT_TYPES
+from edgellm.converters.sparsity import LAYOUTS, METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="list the tensors (names, shapes, types, sizes) and write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sparse = parser.add_argument_group("2:4 sparsity (docs/sparse-format.md)")
+    sparse.add_argument("--sparsity", metavar="N:M", default=None,
+                        help="prune the block weights: keep N of every M consecutive inputs (2:4)")
+    sparse.add_argument("--method", choices=list(METHODS), default=METHODS[0],
+                        help=f"which weights to keep (default: {METHODS[0]}; it and wanda need --calib)")
+    sparse.add_argument("--calib", metavar="FILE", default=None,
+                        help="calibration text for wanda/sparsegpt (not the text you evaluate on)")
+    sparse.add_argument("--calib-tokens", metavar="N", type=int, default=DEFAULT_TOKENS,
+                        help=f"tokens of --calib to run (default {DEFAULT_TOKENS})")
+    sparse.add_argument("--dense", metavar="LAYERS|TENSORS", default=None,
+                        help="keep these dense: layers (0,17 or 0-2) and/or name pieces (attn, ffn_down)")
+    sparse.add_argument("--sparse-layout", choices=list(LAYOUTS), default="compact",
+                        help="compact: kept values + 2-bit positions (edgellm only); dense: standard "
+                             "q4_0/q8_0 with the zeros in place (llama.cpp loads it) (default: compact)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
         out = convert(args.src, args.out, type=args.type, keep_embeddings=args.keep_embeddings,
-                      dry_run=args.dry_run, progress=not args.no_progress)
+                      dry_run=args.dry_run, progress=not args.no_progress, sparsity=args.sparsity,
+                      method=args.method, sparse_layout=args.sparse_layout, dense=args.dense,
+                      calib=args.calib, calib_tokens=args.calib_tokens)
     if not args.dry_run:
-        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.type})")
+        sparse = f", {args.sparsity} {args.method} {args.sparse_layout}" if args.sparsity else ""
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {args.type}{sparse})")
     return 0
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_VERSION, GGUFWriter
 
-from edgellm.converters import hf
+from edgellm.converters import calibrate, hf
+from edgellm.converters import sparsity as sparsity_mod
 from edgellm.converters.errors import ConvertError, LossySourceWarning
 from edgellm.converters.gguf_source import gguf_plan, lossy_types, open_gguf
 from edgellm.converters.quantize import choose_type, embedding_type, output_type
@@ -35,16 +36,28 @@ HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "to
 
 
 def convert(src: str | os.PathLike, out: str | os.PathLike, type: str = "q8_0",
-            keep_embeddings: str | None = None, dry_run: bool = False, progress: bool = True) -> Path:
+            keep_embeddings: str | None = None, dry_run: bool = False, progress: bool = True,
+            sparsity: str | None = None, method: str = sparsity_mod.METHODS[0],
+            sparse_layout: str = "compact", dense: str | None = None, calib: str | None = None,
+            calib_tokens: int = calibrate.DEFAULT_TOKENS) -> Path:
     """Convert SRC to the GGUF file OUT with tensors of `type`; return OUT's path.
 
     type: f32, f16, bf16, q8_0, q4_0, q4_1 or q5_0. keep_embeddings: None, "f16" or "q8_0", the
     type of token_embd/output (see quantize.py for the policy). dry_run: print the plan, write
     nothing. Raises ConvertError for bad input; warns (LossySourceWarning) when SRC is a GGUF
     file that is already quantized.
+
+    sparsity: "2:4" (N:M) prunes the block weights with `method` (sparsegpt, wanda or magnitude;
+    the first two run the model on `calib_tokens` tokens of the text file `calib`), except the
+    layers/tensors `dense` names; sparse_layout: "compact" or "dense" (see sparsity.py).
     """
     qtype, file_type = output_type(type)
     embeddings = embedding_type(keep_embeddings)
+    opts = None
+    if sparsity is not None:
+        n, m = sparsity_mod.parse_sparsity(sparsity)
+        opts = sparsity_mod.SparsityOptions(n, m, method, sparse_layout, dense)
+        sparsity_mod.check_options(opts, qtype, calib)
     source, name = resolve_source(src)
     out = check_output(out, source)
 
@@ -56,12 +69,32 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, type: str = "q8_0",
         t.out_type = choose_type(t.name, t.shape, qtype, embeddings)
     writer.add_file_type(file_type)
     writer.add_quantization_version(GGML_QUANT_VERSION)
+    close = None
+    if opts is not None:
+        tensors, close = _plan_sparsity(source, tensors, writer, opts, qtype, calib, calib_tokens,
+                                        dry_run, progress)
 
-    if dry_run:
-        list_plan(tensors)
-    else:
-        write_gguf(out, writer, tensors, progress=progress)
+    try:
+        if dry_run:
+            list_plan(tensors)
+        else:
+            write_gguf(out, writer, tensors, progress=progress)
+    finally:
+        if close is not None:
+            close()
     return out
+
+
+def _plan_sparsity(source, tensors, writer, opts, qtype, calib, calib_tokens, dry_run, progress):
+    """Calibrate if the method needs it (not for --dry-run), then prune the prunable plans."""
+    stats = None
+    if opts.method != "magnitude" and not dry_run:
+        hessian = opts.method == "sparsegpt"
+        stats = calibrate.collect_for_source(source, calib, calib_tokens, hessian,
+                                             sparsity_mod.PRUNABLE.match, progress)
+    tensors, names, close = sparsity_mod.sparsify(tensors, opts, stats, progress)
+    sparsity_mod.add_metadata(writer, opts, qtype, names)
+    return tensors, close
 
 
 def _plan_hf(folder: Path, name: str) -> tuple[GGUFWriter, list[TensorPlan]]:

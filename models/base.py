@@ -15,6 +15,7 @@ import numpy as np
 from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
 from edgellm.kernels import get_rows, matmul
 from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_tables
+from edgellm.sparse import sparse_weights
 
 
 @dataclass
@@ -144,9 +145,10 @@ class Weights:
 
     def __init__(self, gguf: GGUFFile):
         self.tensors = gguf.tensors
+        self.sparse = sparse_weights(gguf)  # 2:4 pruned weights (edgellm/sparse.py), usually none
 
     def get(self, name: str, shape: tuple[int, ...], required: bool = True) -> Tensor | None:
-        t = self.tensors.get(name)
+        t = self.sparse.get(name) or self.tensors.get(name)
         if t is None:
             if required:
                 raise GGUFError(f"missing tensor {name}")
@@ -169,7 +171,10 @@ class Linear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         w = self.weight
-        y = matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.n_cols)
+        if hasattr(w, "matmul"):  # a SparseWeight multiplies by itself
+            y = w.matmul(x)
+        else:
+            y = matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.n_cols)
         if self.bias is not None:
             y += self.bias
         return y
