@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="architecture, sizes, tensor types, context length of a GGUF file")
     p.add_argument("model", nargs="?", default=None, help="GGUF file (default: the bundled model)")
+    p.add_argument("--sparsity", action="store_true",
+                   help="check that every group of the pruned tensors keeps the N:M pattern")
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -147,7 +149,7 @@ def cmd_info(args) -> int:
     from edgellm.info import describe
     from edgellm.default_model import default_model_path
 
-    print(describe(args.model or default_model_path()))
+    print(describe(args.model or default_model_path(), sparsity=args.sparsity))
     return 0
 
 

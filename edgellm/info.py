@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+from edgellm import sparse
 from edgellm.gguf_file import GGUFFile
 
 
@@ -16,7 +17,9 @@ def _human(n: float, unit: str = "B") -> str:
     return str(n)
 
 
-def describe(path: str | os.PathLike) -> str:
+def describe(path: str | os.PathLike, sparsity: bool = False) -> str:
+    """The summary; sparsity=True adds `edgellm info --sparsity`: every N:M group of the pruned
+    tensors checked (edgellm/sparse.py), a SparsityError if one breaks the pattern."""
     g = GGUFFile(path)
     arch = g.architecture
     md = g.metadata
@@ -46,6 +49,10 @@ def describe(path: str | os.PathLike) -> str:
                  f"(pre: {md.get('tokenizer.ggml.pre', '-')}), {len(tokens) if tokens is not None else 0} tokens")
     lines.append("tensor types:  " + ", ".join(
         f"{name} x{count} ({_human(bytes_by_type[name])})" for name, count in by_type.most_common()))
+    if sparsity:
+        lines += sparse.check(g)
+    elif sparse.read_metadata(g) is not None:
+        lines.append(sparse.check(g)[0] + " (--sparsity checks every group)")
     return "\n".join(lines)
 
 
