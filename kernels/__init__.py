@@ -6,6 +6,7 @@ feature, n_cols values) and its ggml type as an int (`gguf.GGMLQuantizationType`
     dequantize(data, ggml_type, n_cols)         -> float32 [rows, n_cols]
     get_rows(data, ggml_type, n_cols, row_ids)  -> float32 [len(row_ids), n_cols]
     matmul(x, data, ggml_type, n_cols, out=None) -> float32 [n, rows] = x @ W.T
+    matmul_group(x, [Weight(data, ggml_type, n_cols), ...]) -> [x @ W.T, ...]  (one parallel loop)
 
 Threads: numba's (set with numba.set_num_threads) for the kernels, numpy's BLAS for prefill.
 """
@@ -20,6 +21,6 @@ import os
 # the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .dispatch import SUPPORTED_TYPES, dequantize, get_rows, matmul  # noqa: E402
+from .dispatch import SUPPORTED_TYPES, Weight, dequantize, get_rows, matmul, matmul_group  # noqa: E402
 
-__all__ = ["SUPPORTED_TYPES", "dequantize", "get_rows", "matmul"]
+__all__ = ["SUPPORTED_TYPES", "Weight", "dequantize", "get_rows", "matmul", "matmul_group"]

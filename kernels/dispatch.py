@@ -7,8 +7,9 @@ live in floats.py, legacy.py and kquants.py; this file holds the loops they shar
     dequantize_row  one row of any type -> float32 [n_cols] (the only type switch)
     for_rows        the parallel loop over rows: dequantize each (dequantize, get_rows, prefill
                     tiles) or dot it with a few x rows (decode)
-    matmul          few x rows: for_rows dots; many: dequantize a bounded tile of rows, then
-                    BLAS (x @ tile.T) into out[:, tile], tile after tile
+    matmul          few x rows: matvec.py's fused one-pass dots; many: dequantize a bounded
+                    tile of rows, then BLAS (x @ tile.T) into out[:, tile], tile after tile
+    matmul_group    matmul of one x by several weights (Q, K, V) in one parallel loop
 
 Exactness: every dequantizing function says fastmath=False explicitly. Numba hands a caller's
 fast-math flags down to the functions it calls unless they set their own, and for_rows (fast
@@ -33,6 +34,7 @@ from .floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
 from .kquants import (
     QK_K, dequantize_block_q4_k, dequantize_block_q5_k, dequantize_block_q6_k,
 )
+from .matvec import f16_table, matvec
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
     dequantize_block_q5_1, dequantize_block_q8_0,
@@ -89,29 +91,13 @@ def dequantize_row(row, ggml_type, out):
         dequantize_row_bf16(row, out)
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
-def for_rows(data, ggml_type, row_ids, x, out, dot):
-    """The one parallel loop. For each i, dequantize row row_ids[i] of data, then
-        dot=False: out[i] = row       out: float32 [len(row_ids), n_cols]
-        dot=True:  out[:, i] = x @ row    x: float32 [n, n_cols], out: float32 [n, len(row_ids)]
-
-    For the dot a row goes to a per-thread buffer that stays in L1 while the n x rows pass over
-    it. The fastmath flags let the dot products vectorize; dequantize_row, called (not inlined)
-    and compiled with fastmath=False, stays exact.
-    """
-    n_cols = x.shape[1] if dot else out.shape[1]
+@njit(cache=True, parallel=True, fastmath=False)
+def dequantize_rows(data, ggml_type, row_ids, out):
+    """out[i] = row row_ids[i] of data, dequantized: out float32 [len(row_ids), n_cols]."""
     n_ids = row_ids.shape[0]
     for chunk in prange((n_ids + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        buffer = np.empty(n_cols, np.float32)
         for i in range(chunk * CHUNK_ROWS, min(n_ids, (chunk + 1) * CHUNK_ROWS)):
-            w = buffer if dot else out[i]
-            dequantize_row(data[row_ids[i]], ggml_type, w)
-            if dot:
-                for k in range(x.shape[0]):
-                    acc = np.float32(0.0)
-                    for j in range(n_cols):
-                        acc += x[k, j] * w[j]
-                    out[k, i] = acc
+            dequantize_row(data[row_ids[i]], ggml_type, out[i])
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -126,7 +112,7 @@ def _all_rows(rows: int) -> np.ndarray:
     return _readonly(np.arange(rows, dtype=np.int64))
 
 
-_NO_X = _readonly(np.empty((0, 0), np.float32))
+_F16 = f16_table()
 
 
 def _check(data: np.ndarray, ggml_type: int, n_cols: int) -> tuple[np.ndarray, int]:
@@ -144,7 +130,7 @@ def _check(data: np.ndarray, ggml_type: int, n_cols: int) -> tuple[np.ndarray, i
 
 
 def _dequantize_rows(data, ggml_type, row_ids, out):
-    for_rows(data, ggml_type, row_ids, _NO_X, out, False)
+    dequantize_rows(data, ggml_type, row_ids, out)
     return out
 
 
@@ -167,34 +153,75 @@ def get_rows(data: np.ndarray, ggml_type: int, n_cols: int, row_ids) -> np.ndarr
     return _dequantize_rows(data, ggml_type, ids, np.empty((ids.size, n_cols), np.float32))
 
 
+class Weight:
+    """A quantized matrix W [rows, n_cols] as the kernels take it, checked once: data uint8
+    [rows, row_bytes] (read-only, usually a view into the mapped file) and its ggml type."""
+
+    __slots__ = ("data", "ggml_type", "n_cols", "rows")
+
+    def __init__(self, data: np.ndarray, ggml_type: int, n_cols: int):
+        self.data, self.ggml_type = _check(data, ggml_type, n_cols)
+        self.n_cols, self.rows = n_cols, self.data.shape[0]
+
+
+def _x_rows(x: np.ndarray, n_cols: int) -> np.ndarray:
+    x = _readonly(np.ascontiguousarray(x, dtype=np.float32))
+    if x.ndim != 2 or x.shape[1] != n_cols:
+        raise ValueError(f"x must be [n, {n_cols}], got {x.shape}")
+    return x
+
+
+def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:
+    """[x @ W.T for W in weights], x float32 [n, n_cols]: each float32 [n, rows_W]. The weights
+    share n_cols; for a few x rows (decode) all their rows run in one parallel loop."""
+    n_cols = weights[0].n_cols
+    if any(w.n_cols != n_cols for w in weights):
+        raise ValueError("matmul_group: the weights must have the same number of columns")
+    x = _x_rows(x, n_cols)
+    n = x.shape[0]
+    # The row dots take 32 values at a time: float rows of other widths go through BLAS.
+    if not 0 < n <= MATVEC_MAX_ROWS or n_cols % 32:
+        return [_matmul_many_rows(x, w, np.empty((n, w.rows), np.float32)) for w in weights]
+    outs = tuple(np.empty((n, w.rows), np.float32) for w in weights)
+    xs32 = _readonly(x.reshape(n, -1, 32).sum(-1, dtype=np.float32))  # per-block sums of x
+    xs16 = _readonly(x.reshape(n, -1, 16).sum(-1, dtype=np.float32))
+    types = np.array([w.ggml_type for w in weights], np.int64)
+    matvec(tuple(w.data for w in weights), types, x, xs32, xs16, _F16, outs)
+    return list(outs)
+
+
+def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
+    """Prefill: dequantize a bounded tile of W's rows at a time and let BLAS multiply it."""
+    data, ggml_type, n_cols, rows = w.data, w.ggml_type, w.n_cols, w.rows
+    if x.shape[0] == 0:
+        return out
+    if ggml_type == F32:  # float32 already: BLAS straight on the mapped bytes
+        return np.matmul(x, data.view(np.float32).T, out=out)
+    tile_rows = max(1, min(rows, TILE_BYTES // (4 * n_cols)))
+    tile = np.empty((tile_rows, n_cols), np.float32)
+    for start in range(0, rows, tile_rows):
+        stop = min(rows, start + tile_rows)
+        ids = _readonly(np.arange(start, stop, dtype=np.int64))
+        _dequantize_rows(data, ggml_type, ids, tile[: stop - start])
+        np.matmul(x, tile[: stop - start].T, out=out[:, start:stop])
+    return out
+
+
 def matmul(x: np.ndarray, data: np.ndarray, ggml_type: int, n_cols: int,
            out: np.ndarray | None = None) -> np.ndarray:
     """x @ W.T for W = dequantize(data): x float32 [n, n_cols] -> float32 [n, rows].
 
     `out`, if given, must be a C-contiguous float32 [n, rows] array; it is returned.
     """
-    data, ggml_type = _check(data, ggml_type, n_cols)
-    x = _readonly(np.ascontiguousarray(x, dtype=np.float32))
-    if x.ndim != 2 or x.shape[1] != n_cols:
-        raise ValueError(f"x must be [n, {n_cols}], got {x.shape}")
-    n, rows = x.shape[0], data.shape[0]
-    if out is None:
-        out = np.empty((n, rows), np.float32)
-    elif out.shape != (n, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous float32 [{n}, {rows}]")
-
-    if n == 0:
-        pass
-    elif ggml_type == F32:  # float32 already: BLAS straight on the mapped bytes
-        np.matmul(x, data.view(np.float32).T, out=out)
-    elif n <= MATVEC_MAX_ROWS:
-        for_rows(data, ggml_type, _all_rows(rows), x, out, True)
-    else:
-        tile_rows = max(1, min(rows, TILE_BYTES // (4 * n_cols)))
-        tile = np.empty((tile_rows, n_cols), np.float32)
-        for start in range(0, rows, tile_rows):
-            stop = min(rows, start + tile_rows)
-            ids = _readonly(np.arange(start, stop, dtype=np.int64))
-            _dequantize_rows(data, ggml_type, ids, tile[: stop - start])
-            np.matmul(x, tile[: stop - start].T, out=out[:, start:stop])
-    return out
+    w = Weight(data, ggml_type, n_cols)
+    x = _x_rows(x, n_cols)
+    n = x.shape[0]
+    if out is not None and (out.shape != (n, w.rows) or out.dtype != np.float32 or not out.flags.c_contiguous):
+        raise ValueError(f"out must be C-contiguous float32 [{n}, {w.rows}]")
+    if 0 < n <= MATVEC_MAX_ROWS:
+        (y,) = matmul_group(x, [w])
+        if out is None:
+            return y
+        out[:] = y
+        return out
+    return _matmul_many_rows(x, w, out if out is not None else np.empty((n, w.rows), np.float32))
