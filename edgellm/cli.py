@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("chat", help="chat with a model (Textual; --plain or a pipe: a line REPL)")
+    _add_model_args(p)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens per answer at most (default -1: no limit)")
+    _add_sampling_args(p)
+    p.add_argument("--kv-type", default="f32", choices=["f32", "f16", "q8_0"], help="KV cache storage (default f32)")
+    p.add_argument("--plain", action="store_true", help="a line REPL instead of the full-screen chat")
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("tokenize", help="print the token ids of a text as a JSON list")
     p.add_argument("model", help="GGUF file")
     p.add_argument("text")
@@ -107,6 +116,13 @@ def cmd_run(args) -> int:
         print(f"[ prompt: {stats.prefill_tok_s:.1f} tok/s | generation: {stats.decode_tok_s:.1f} tok/s ]",
               file=sys.stderr)
     return 0
+
+
+def cmd_chat(args) -> int:
+    from edgellm.tui.launch import chat
+
+    _positive(args.threads, "--threads")
+    return chat(args)
 
 
 def cmd_tokenize(args) -> int:
