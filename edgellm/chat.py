@@ -131,6 +131,11 @@ class ChatSession:
     def n_past(self) -> int:
         return self.llm.kv_cache.n_past
 
+    @property
+    def cache_ids(self) -> list[int]:
+        """The token ids the KV cache holds for this conversation, position by position."""
+        return list(self._cache_ids) if self._owns_cache() else []
+
     def tokenize(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         text = self.template.render(messages, add_generation_prompt)
         ids = self.tokenizer.encode(text, bos=False, special=True)
