@@ -1,8 +1,9 @@
 """Calibration for wanda and sparsegpt: what each prunable weight's input looks like on real text.
 
 The model runs in edgellm itself, on the --calib text, in chunks of CHUNK tokens (BOS first, as
-perplexity does). Each Linear of the transformer blocks is wrapped from the outside (nothing in
-models/ changes) so that its input x [n_tokens, n_in] is seen before it is multiplied:
+perplexity does). Each prunable weight is loaded wrapped in a _RecordingWeight (through
+edgellm.sparse.weight_wrapper; nothing in models/ changes), which sees the layer's input
+x [n_tokens, n_in] before multiplying:
 
     feature_norm  ||x_j||_2 over all calibration tokens, float64 [n_in]        (wanda)
     hessian       sum of x x^T over the tokens, float64 [n_in, n_in]            (sparsegpt)
@@ -21,8 +22,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edgellm import sparse
 from edgellm.converters.errors import ConvertError
 from edgellm.errors import EdgeLLMError
+from edgellm.kernels import matmul
 
 CHUNK = 512  # tokens per forward pass, BOS included
 DEFAULT_TOKENS = 2048
@@ -66,29 +69,20 @@ class _Collector:
         self.by_name[name] = stats
 
 
-class _Recorder:
-    """Stands in for a Linear: records its input, then lets it multiply."""
+class _RecordingWeight:
+    """Stands in for a block weight while calibrating: records x, then multiplies as the
+    weight it wraps would (the models call matmul(x) on any weight that has one)."""
 
-    def __init__(self, linear, name: str, collector: _Collector):
-        self.linear, self.name, self.collector = linear, name, collector
+    def __init__(self, name: str, weight, collector: _Collector):
+        self.name, self.weight, self.collector = name, weight, collector
+        self.shape = weight.shape
 
-    def __call__(self, x):
+    def matmul(self, x: np.ndarray) -> np.ndarray:
         self.collector.record(self.name, x)
-        return self.linear(x)
-
-
-def _wrap_linears(model, collector: _Collector, is_prunable) -> int:
-    """Replace every block Linear whose weight is prunable by a _Recorder; returns how many."""
-    count = 0
-    for block in model.blocks:
-        owners = [block] + [v for v in vars(block).values() if hasattr(v, "__dict__")]
-        for owner in owners:
-            for attr, value in list(vars(owner).items()):
-                name = getattr(getattr(value, "weight", None), "name", None)
-                if callable(value) and isinstance(name, str) and is_prunable(name):
-                    setattr(owner, attr, _Recorder(value, name, collector))
-                    count += 1
-    return count
+        w = self.weight
+        if hasattr(w, "matmul"):
+            return w.matmul(x)
+        return matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.n_cols)
 
 
 def read_calibration_tokens(llm, path: str | os.PathLike, n_tokens: int) -> list[int]:
@@ -111,17 +105,22 @@ def collect(model_path: str | os.PathLike, calib: str | os.PathLike, n_tokens: i
 
     if n_tokens < MIN_TOKENS:
         raise ConvertError(f"--calib-tokens must be at least {MIN_TOKENS}, got {n_tokens}")
-    llm = edgellm.load(model_path, ctx=CHUNK)
-    ids = read_calibration_tokens(llm, calib, n_tokens)
     collector = _Collector(hessian)
-    if _wrap_linears(llm.model, collector, is_prunable) == 0:
-        raise ConvertError("calibration found no prunable Linear layers in the model")
+
+    def wrap(name, weight):
+        return _RecordingWeight(name, weight, collector) if is_prunable(name) else None
+
+    with sparse.weight_wrapper(wrap):
+        llm = edgellm.load(model_path, ctx=CHUNK)
+    ids = read_calibration_tokens(llm, calib, n_tokens)
     bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
     step = CHUNK - (bos is not None)
     chunks = [ids[i:i + step] for i in range(0, len(ids), step)]
     for chunk in tqdm(chunks, desc="calibrating", unit="chunk", disable=not progress, leave=False):
         llm.kv_cache.clear()
         llm._eval(np.asarray(([bos] if bos is not None else []) + chunk, np.int64), all_logits=False)
+    if not collector.by_name:
+        raise ConvertError("calibration saw no input of a prunable weight")
     return collector.by_name
 
 

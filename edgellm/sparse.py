@@ -23,7 +23,9 @@ both layouts run on the same kernels (kernels/sparse.py).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType as Q
@@ -118,9 +120,36 @@ def read_metadata(gguf: GGUFFile) -> dict | None:
             "method": md.get(PREFIX + "method", "?"), "tensors": names}
 
 
-def sparse_weights(gguf: GGUFFile) -> dict[str, SparseWeight]:
+# Set by weight_wrapper() while calibration loads a model (converters/calibrate.py).
+_wrapper: Callable | None = None
+
+
+@contextmanager
+def weight_wrapper(wrap: Callable):
+    """While active, sparse_weights() hands every tensor t of the file to wrap(name, t) and
+    returns what wrap gives instead of t (None: keep t). The models multiply by any weight
+    with a matmul(x) method, so calibration can see each layer's input without touching them."""
+    global _wrapper
+    _wrapper = wrap
+    try:
+        yield
+    finally:
+        _wrapper = None
+
+
+def sparse_weights(gguf: GGUFFile) -> dict:
     """Every pruned 2:4 weight of the file by name (empty for a dense file); a dense-layout
     file's Q4_0/Q8_0 twins are repacked into the compact planes (checked 2:4 on the way)."""
+    weights = _sparse_weights(gguf)
+    if _wrapper is not None:
+        for name, t in gguf.tensors.items():
+            wrapped = _wrapper(name, weights.get(name, t))
+            if wrapped is not None:
+                weights[name] = wrapped
+    return weights
+
+
+def _sparse_weights(gguf: GGUFFile) -> dict[str, SparseWeight]:
     meta = read_metadata(gguf)
     if meta is None or (meta["n"], meta["m"]) != (2, GROUP):
         return {}  # other N:M patterns are stored dense and run on the dense kernels
