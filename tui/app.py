@@ -22,6 +22,7 @@ from textual.widgets import LoadingIndicator, Markdown, Static, TextArea
 
 from edgellm.chat import ChatSession
 from edgellm.errors import EdgeLLMError
+from edgellm.gguf_file import GGUFError
 from edgellm.sampling import SamplingParams
 from edgellm.tui.commands import is_command, run_command, shift_notice, status_line
 
@@ -176,7 +177,8 @@ class ChatApp(App):
             chat.on_shift = lambda n_keep, n_discard: self.post_message(self.Shifted(n_keep, n_discard))
             self.chat = chat
         except EdgeLLMError as e:
-            self.call_from_thread(self.exit, None, 2, f"edgellm: error: {e}")
+            where = f"{self.model_path}: " if self.model_path and isinstance(e, GGUFError) else ""  # as the CLI
+            self.call_from_thread(self.exit, None, 2, f"edgellm: error: {where}{e}")
             return
         self.post_message(self.Loaded())
 
