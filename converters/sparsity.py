@@ -259,6 +259,10 @@ def sparsify(tensors: list[TensorPlan], opts: SparsityOptions, stats: dict | Non
         if t.out_type not in (Q.Q4_0, Q.Q8_0):
             raise ConvertError(f"{t.name}: its rows of {t.n_cols} values are not whole "
                                f"{QUANT_BLOCK}-value blocks, so it cannot be stored sparse")
+        if opts.layout == "compact" and t.n_cols % sparse.ROW_MULTIPLE:
+            raise ConvertError(f"{t.name}: the compact layout needs rows of a multiple of "
+                               f"{sparse.ROW_MULTIPLE} values, not {t.n_cols} (use --sparse-layout "
+                               f"dense, or --dense for this tensor)")
         if stats is not None and t.name not in stats:
             raise ConvertError(f"calibration saw no input for {t.name}")
     layers = sorted({int(PRUNABLE.match(t.name)[1]) for t in chosen})

@@ -39,6 +39,7 @@ VALUE_TYPES = {"q4_0": Q.Q4_0, "q8_0": Q.Q8_0}
 LAYOUTS = ("compact", "dense")
 PLANES = (".sp_values", ".sp_index", ".sp_scales")
 BLOCK = 32  # columns per scale (the Q4_0 / Q8_0 block)
+ROW_MULTIPLE = 64  # compact rows are whole pairs of blocks (Q4 packs two blocks' nibbles together)
 GROUP = 4  # columns per 2:4 group
 ZERO = {Q.Q4_0: 8, Q.Q8_0: 0}  # the stored integer that means 0.0
 MATVEC_MAX_ROWS = 8  # x rows up to this go through the mat-vec kernel; more through BLAS
@@ -56,7 +57,7 @@ class SparseWeight:
     name: str
     shape: tuple[int, int]  # (rows, n_cols), numpy order
     value_type: Q  # Q4_0 or Q8_0
-    values: np.ndarray  # Q4: uint16 [rows, n_cols/8]; Q8: int8 [rows, n_cols/2]
+    values: np.ndarray  # Q4: uint8 [rows, n_cols/4]; Q8: int8 [rows, n_cols/2]
     index: np.ndarray  # uint8 [rows, n_cols/8]
     scales: np.ndarray  # uint16 [rows, n_cols/32], f16 bits
 
@@ -78,8 +79,7 @@ class SparseWeight:
         if n == 0:
             return out
         if n <= MATVEC_MAX_ROWS:
-            matvec = kernels.matvec_q4 if self.value_type == Q.Q4_0 else kernels.matvec_q8
-            matvec(self.values, self.index, self.scales, x, out)
+            kernels.matvec(self.values, self.index, self.scales, x, out, self.value_type == Q.Q8_0)
             return out
         tile_rows = max(1, min(rows, TILE_BYTES // (4 * self.n_cols)))
         tile = np.empty((tile_rows, self.n_cols), np.float32)
@@ -91,8 +91,7 @@ class SparseWeight:
 
     def dequantize_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Rows [start, start + len(out)) as float32, zeros in place: the twin's values exactly."""
-        dequantize = kernels.dequantize_q4 if self.value_type == Q.Q4_0 else kernels.dequantize_q8
-        dequantize(self.values, self.index, self.scales, start, out)
+        kernels.dequantize(self.values, self.index, self.scales, start, out, self.value_type == Q.Q8_0)
         return out
 
     def dequantize(self) -> np.ndarray:
@@ -171,20 +170,22 @@ def _from_planes(gguf: GGUFFile, name: str, value_type: Q) -> SparseWeight:
         raise GGUFError(f"sparse tensor {name}: missing {'/'.join(name + s for s in PLANES)}")
     values, index, scales = planes
     rows, n_cols = index.shape[0], index.shape[1] * 8
+    if n_cols % ROW_MULTIPLE:
+        raise GGUFError(f"sparse tensor {name}: rows of {n_cols} values are not a multiple of {ROW_MULTIPLE}")
     want = [(rows, n_cols // (4 if value_type == Q.Q4_0 else 2)), (rows, n_cols // 8), (rows, n_cols // BLOCK)]
     types = [Q.I8, Q.I8, Q.F16]
     for plane, shape, qtype in zip(planes, want, types):
         if plane.shape != shape or plane.ggml_type != qtype:
             raise GGUFError(f"sparse plane {plane.name} is {plane.type_name} {plane.shape}, "
                             f"expected {qtype.name} {shape}")
-    raw = values.data.view(np.uint16 if value_type == Q.Q4_0 else np.int8)
+    raw = values.data.view(np.uint8 if value_type == Q.Q4_0 else np.int8)
     return SparseWeight(name, (rows, n_cols), value_type, raw, index.data, scales.data.view(np.uint16))
 
 
 def from_twin(name: str, data: np.ndarray, value_type: Q, n_cols: int) -> SparseWeight:
     """The compact planes of a 2:4 Q4_0/Q8_0 matrix, data uint8 [rows, row_bytes] (its twin)."""
     values, index, scales = pack_twin(data, value_type, n_cols, name)
-    raw = values.view(np.uint16 if value_type == Q.Q4_0 else np.int8)
+    raw = values.view(np.uint8 if value_type == Q.Q4_0 else np.int8)
     return SparseWeight(name, (data.shape[0], n_cols), value_type, raw, index, scales.view(np.uint16))
 
 
@@ -213,8 +214,9 @@ def pack_twin(data: np.ndarray, value_type: Q, n_cols: int, name: str = "weight"
     """Q4_0/Q8_0 bytes uint8 [rows, row_bytes] with at most 2 non-zeros per group of 4 ->
     (values uint8 [rows, n_cols/4 or n_cols/2], index uint8 [rows, n_cols/8], scales uint8
     [rows, n_cols/16]). A group with fewer than 2 non-zeros keeps a zero at its first free place."""
-    if n_cols % BLOCK:
-        raise SparsityError(f"{name}: rows of {n_cols} values are not whole blocks of {BLOCK}")
+    if n_cols % ROW_MULTIPLE:
+        raise SparsityError(f"{name}: the compact layout needs rows of a multiple of {ROW_MULTIPLE} "
+                            f"values, not {n_cols}")
     rows = data.shape[0]
     scales, ints = _twin_ints(data, value_type, n_cols)
     groups = ints.reshape(rows, -1, GROUP)  # [rows, ng, 4]
@@ -227,10 +229,9 @@ def pack_twin(data: np.ndarray, value_type: Q, n_cols: int, name: str = "weight"
     kept = np.take_along_axis(groups, pos.astype(np.intp), axis=-1)  # [rows, ng, 2]
     a, b = pos[..., 0], pos[..., 1]
     index = a[:, 0::2] | (b[:, 0::2] << 2) | (a[:, 1::2] << 4) | (b[:, 1::2] << 6)
-    if value_type == Q.Q4_0:
-        k = kept.astype(np.uint16)
-        packed = k[:, 0::2, 0] | (k[:, 0::2, 1] << 4) | (k[:, 1::2, 0] << 8) | (k[:, 1::2, 1] << 12)
-        values = packed.astype("<u2").view(np.uint8)
+    if value_type == Q.Q4_0:  # byte j of a pair of blocks: kept j of the first | of the second << 4
+        k = kept.astype(np.uint8).reshape(rows, -1, 2, 16)  # [rows, pairs of blocks, 2, 16]
+        values = (k[:, :, 0] | (k[:, :, 1] << 4)).reshape(rows, -1)
     else:
         values = kept.astype(np.int8).reshape(rows, -1).view(np.uint8)
     return (np.ascontiguousarray(values), np.ascontiguousarray(index),

@@ -21,6 +21,7 @@ from edgellm.converters.sparsity import (
 )
 from edgellm.gguf_file import GGUFFile
 from edgellm.kernels import dequantize, matmul
+from edgellm.kernels import sparse as sparse_kernels
 
 CALIB = Path(__file__).parent / "data" / "calibration.txt"
 RNG = np.random.default_rng(0)
@@ -48,12 +49,28 @@ def test_compact_planes_hold_the_twins_values_in_fewer_bits(qtype, bits):
 
 @pytest.mark.parametrize("n", [1, 3, 8, 20])
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0])
-def test_compact_kernels_equal_the_dense_kernels_on_the_twin(qtype, n):
+def test_compact_matmul_equals_the_dense_kernels_on_the_twin(qtype, n):
     twin = pruned_twin(80, 512, qtype)
     x = RNG.standard_normal((n, 512)).astype(np.float32)
-    got = sparse.from_twin("w", twin, qtype, 512).matmul(x)
+    got = sparse.from_twin("w", twin, qtype, 512).matmul(x)  # n > 8: dequantized tiles + BLAS
     want = matmul(x, twin, qtype, 512)
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+# the explicit-vector row dot runs where the CPU has AVX-512; the loop everywhere
+MATVECS = [sparse_kernels.matvec_loop] + ([sparse_kernels.matvec_simd] if sparse_kernels.HAS_AVX512 else [])
+
+
+@pytest.mark.parametrize("matvec", MATVECS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0])
+def test_both_row_dots_equal_the_dense_kernels(qtype, matvec):
+    twin = pruned_twin(70, 640, qtype)
+    w = sparse.from_twin("w", twin, qtype, 640)
+    x = RNG.standard_normal((2, 640)).astype(np.float32)
+    got = np.empty((2, 70), np.float32)
+    matvec(w.values, w.index, w.scales, x, got, qtype == Q.Q8_0)
+    want = matmul(x, twin, qtype, 640)
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_a_group_with_three_non_zeros_cannot_be_packed():
