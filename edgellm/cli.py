@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="a line REPL instead of the full-screen chat")
     p.set_defaults(func=cmd_chat)
 
+    p = sub.add_parser("bench", help="prefill/decode speed, TTFT, TPOT, memory, GB/s (optionally vs llama.cpp)")
+    p.add_argument("model", nargs="?", default=None, help="GGUF file (default: the bundled Gemma-3-270M)")
+    p.add_argument("-p", "--n-prompt", type=int, default=512, help="prompt tokens (default 512)")
+    p.add_argument("-n", "--n-gen", type=int, default=128, help="generated tokens (default 128)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per engine (default 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--vs-llama-cpp", action="store_true",
+                   help="run llama.cpp (llama-cpp-python, the bench extra) on the same file, alternating")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("tokenize", help="print the token ids of a text as a JSON list")
     p.add_argument("model", help="GGUF file")
     p.add_argument("text")
@@ -85,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def announce_compiling() -> None:
+    """One line on stderr before a first run compiles the kernels (seconds of silence otherwise)."""
+    from edgellm.kernels import needs_compiling
+
+    if needs_compiling():
+        print("edgellm: compiling kernels (first run only)...", file=sys.stderr, flush=True)
+
+
 def _positive(value: int | None, name: str) -> None:
     if value is not None and value <= 0:
         raise EdgeLLMError(f"{name} must be positive, got {value}")
@@ -96,6 +115,7 @@ def cmd_run(args) -> int:
     _positive(args.threads, "--threads")
     if args.n_predict < 0:
         raise EdgeLLMError(f"-n must be >= 0, got {args.n_predict}")
+    announce_compiling()
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx)
     pieces = llm.generate(
         args.prompt, max_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
@@ -125,6 +145,17 @@ def cmd_chat(args) -> int:
     return chat(args)
 
 
+def cmd_bench(args) -> int:
+    from edgellm.bench import bench, format_table
+
+    _positive(args.threads, "--threads")
+    announce_compiling()
+    result = bench(args.model, args.n_prompt, args.n_gen, args.threads, args.reps, args.vs_llama_cpp,
+                   progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
 def cmd_tokenize(args) -> int:
     from edgellm.gguf_file import GGUFFile
     from edgellm.tokenizer import Tokenizer
@@ -147,6 +178,7 @@ def cmd_perplexity(args) -> int:
         raise EdgeLLMError(f"cannot read {args.file}: {e.strerror if isinstance(e, OSError) else e}") from None
     import edgellm
 
+    announce_compiling()
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx)
     result = perplexity(llm, text, args.ctx, progress=lambda i, n, ppl: print(
         f"[{i}]{ppl:.4f}", end="," if i < n else "\n", file=sys.stderr, flush=True))

@@ -23,4 +23,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .dispatch import SUPPORTED_TYPES, Weight, dequantize, get_rows, matmul, matmul_group  # noqa: E402
 
-__all__ = ["SUPPORTED_TYPES", "Weight", "dequantize", "get_rows", "matmul", "matmul_group"]
+__all__ = ["SUPPORTED_TYPES", "Weight", "dequantize", "get_rows", "matmul", "matmul_group", "needs_compiling"]
+
+
+def needs_compiling() -> bool:
+    """True when the kernels a forward pass runs have no machine code in numba's disk cache yet
+    (a fresh install, or an upgrade changed their source): the first pass will compile them for
+    several seconds, which a front end should announce."""
+    from . import dispatch, matvec, nn
+
+    try:
+        return any(not kernel._cache._cache_file._load_index()
+                   for kernel in (dispatch.dequantize_rows, matvec.matvec, nn._rms_norm_rows, nn._attention_few))
+    except (AttributeError, OSError):  # numba's cache internals moved: say nothing
+        return False

@@ -1,7 +1,9 @@
 """Transformer arithmetic on float32 activations: norms, RoPE, attention, activations.
 
-Everything here works on whole arrays (numpy, BLAS for the matrix products); nothing knows which
-model it serves. Shapes: n = tokens in the batch, d = model width, hd = head dim.
+Everything here works on whole arrays; nothing knows which model it serves. Long batches
+(prefill) use numpy and BLAS; the few-token calls of decode go to small Numba loops, because a
+token runs ~20 of these per layer and numpy's per-call overhead (~10-20 us each) would add up to
+more than the arithmetic. Shapes: n = tokens in the batch, d = model width, hd = head dim.
 """
 
 from __future__ import annotations
@@ -9,15 +11,31 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit, prange
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
 ROPE_NEOX = 2  # rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x [..., d] / rms(x) * weight [d], as ggml_rms_norm followed by a multiply."""
-    mean_sq = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True, dtype=np.float32)
-    return (x * (1.0 / np.sqrt(mean_sq + np.float32(eps)))).astype(np.float32) * weight
+    """x [..., d] / rms(x) * weight [d], as ggml_rms_norm (sum of squares in double) followed by a
+    multiply."""
+    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+    _rms_norm_rows(rows, weight, np.float32(eps), out)
+    return out.reshape(x.shape)
+
+
+@njit(cache=True)
+def _rms_norm_rows(x, weight, eps, out):
+    d = x.shape[1]
+    for i in range(x.shape[0]):
+        sum_sq = 0.0
+        for j in range(d):
+            sum_sq += np.float64(x[i, j]) * np.float64(x[i, j])
+        scale = np.float32(1.0) / np.sqrt(np.float32(sum_sq / d) + eps)
+        for j in range(d):
+            out[i, j] = (x[i, j] * scale) * weight[j]
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -57,6 +75,9 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: int) -> np
     return x
 
 
+FEW_QUERIES = 8  # up to this many queries (decode), attention runs as a Numba loop
+
+
 def attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
     scale: float, window: int = 0, q_block: int = 256,
@@ -68,6 +89,11 @@ def attention(
     sliding window only those with p - p' < window (llama.cpp's standard SWA). Queries are taken
     in blocks so that the score matrix stays small for long prompts.
     """
+    if q.shape[0] <= FEW_QUERIES:
+        out = np.empty((q.shape[0], q.shape[1], v.shape[2]), np.float32)
+        _attention_few(np.ascontiguousarray(q, dtype=np.float32), k, v, q_pos, k_pos,
+                       np.float32(scale), window, out)
+        return out.reshape(q.shape[0], -1)
     n, n_head, hd = q.shape
     n_kv, m, hd_v = v.shape
     group = n_head // n_kv
@@ -94,3 +120,42 @@ def attention(
             scores /= scores.sum(axis=-1, keepdims=True)
             out[q0:q1, heads, :] = (scores.reshape(-1, m) @ v[h]).reshape(q1 - q0, group, hd_v)
     return out.reshape(n, n_head * hd_v)
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
+def _attention_few(q, k, v, q_pos, k_pos, scale, window, out):
+    """attention() for a few queries, one (query, head) pair per parallel item: scores over the
+    visible slots, softmax, weighted sum of the values. out float32 [n, n_head, hd_v]."""
+    n, n_head, hd = q.shape
+    n_kv, m, hd_v = v.shape
+    group = n_head // n_kv
+    for item in prange(n * n_head):
+        i, h = item // n_head, item % n_head
+        kv = h // group
+        p = q_pos[i]
+        scores = np.empty(m, np.float32)
+        best = -np.inf
+        for s in range(m):
+            ps = k_pos[s]
+            if ps < 0 or ps > p or (window > 0 and p - ps >= window):
+                scores[s] = -np.inf
+                continue
+            acc = np.float32(0.0)
+            for j in range(hd):
+                acc += q[i, h, j] * k[kv, s, j]
+            scores[s] = acc * scale
+            best = max(best, scores[s])
+        total = np.float32(0.0)
+        for s in range(m):
+            # below the max by more than 80 the weight is under float32 resolution (and exp()
+            # would be a slow denormal)
+            e = np.float32(np.exp(scores[s] - best)) if scores[s] - best > -80.0 else np.float32(0.0)
+            scores[s] = e
+            total += e
+        o = out[i, h]
+        o[:] = 0.0
+        for s in range(m):
+            if scores[s] != 0.0:
+                w = scores[s] / total
+                for j in range(hd_v):
+                    o[j] += w * v[kv, s, j]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
-from edgellm.kernels import get_rows, matmul
+from edgellm.kernels import Weight, get_rows, matmul_group
 from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_tables
 from edgellm.sparse import sparse_weights
 
@@ -167,17 +167,44 @@ class Linear:
     """y = x @ W.T (+ b) with W kept in its quantized form. W [n_out, n_in]."""
 
     def __init__(self, weight: Tensor, bias: np.ndarray | None = None):
-        self.weight, self.bias = weight, bias
+        self.bias = bias
+        # A SparseWeight (edgellm/sparse.py) multiplies by itself; a GGUF tensor is checked once
+        # here and then handed to the kernels as is.
+        self.sparse = weight if hasattr(weight, "matmul") else None
+        self.weight = None if self.sparse is not None else Weight(weight.data, weight.ggml_type, weight.n_cols)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        w = self.weight
-        if hasattr(w, "matmul"):  # a SparseWeight multiplies by itself
-            y = w.matmul(x)
-        else:
-            y = matmul(np.ascontiguousarray(x, dtype=np.float32), w.data, w.ggml_type, w.n_cols)
-        if self.bias is not None:
-            y += self.bias
-        return y
+        return linear_group(x, (self,))[0]
+
+
+def linear_group(x: np.ndarray, linears) -> list[np.ndarray]:
+    """[layer(x) for layer in linears] for layers reading the same x (Q, K, V; gate, up): dense
+    weights go to the kernels together, one parallel loop for all their rows."""
+    if any(layer.sparse is not None for layer in linears):
+        ys = [layer.sparse.matmul(x) if layer.sparse is not None else matmul_group(x, [layer.weight])[0]
+              for layer in linears]
+    else:
+        ys = matmul_group(x, [layer.weight for layer in linears])
+    for y, layer in zip(ys, linears):
+        if layer.bias is not None:
+            y += layer.bias
+    return ys
+
+
+class RopeMemo:
+    """RoPE's cos/sin tables for the positions of one forward pass, computed once per distinct
+    (base, scale, factors) rather than once per layer."""
+
+    def __init__(self):
+        self.positions, self.memo = None, {}
+
+    def tables(self, positions, n_rot, base, scale, factors):
+        if positions is not self.positions:
+            self.positions, self.memo = positions, {}
+        key = (n_rot, base, scale, id(factors))
+        if key not in self.memo:
+            self.memo[key] = rope_tables(positions, n_rot, base, scale, factors)
+        return self.memo[key]
 
 
 class Attention:
@@ -201,18 +228,20 @@ class Attention:
         self.rope_base, self.rope_scale = hp.rope(il)
         self.window = hp.window(il)
         self.rope_factors = None  # llama 3.1+ long-context factors, set by the arch
+        self.rope_memo = RopeMemo()  # the Transformer shares one between its layers
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
         hp = self.hp
         n = x.shape[0]
-        q = self.wq(x).reshape(n, hp.n_head, hp.head_dim)  # [n, n_head, hd]
-        k = self.wk(x).reshape(n, hp.n_head_kv, hp.head_dim)  # [n, n_kv, hd]
-        v = self.wv(x).reshape(n, hp.n_head_kv, hp.head_dim_v)
+        q, k, v = linear_group(x, (self.wq, self.wk, self.wv))
+        q = q.reshape(n, hp.n_head, hp.head_dim)  # [n, n_head, hd]
+        k = k.reshape(n, hp.n_head_kv, hp.head_dim)  # [n, n_kv, hd]
+        v = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
         if self.q_norm is not None:
             q = rms_norm(q, self.q_norm, hp.norm_eps)
         if self.k_norm is not None:
             k = rms_norm(k, self.k_norm, hp.norm_eps)
-        cos, sin = rope_tables(positions, hp.n_rot, self.rope_base, self.rope_scale, self.rope_factors)
+        cos, sin = self.rope_memo.tables(positions, hp.n_rot, self.rope_base, self.rope_scale, self.rope_factors)
         apply_rope(q, cos, sin, hp.rope_type)
         apply_rope(k, cos, sin, hp.rope_type)
         keys, values, key_pos = cache.update(k, v, positions)  # [n_kv, m, hd], [m]
@@ -231,7 +260,8 @@ class FeedForward:
         self.act = act
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.down(self.act(self.gate(x)) * self.up(x))
+        gate, up = linear_group(x, (self.gate, self.up))
+        return self.down(self.act(gate) * up)
 
 
 class Transformer:
@@ -250,9 +280,20 @@ class Transformer:
         self.output = Linear(output if output is not None else self.token_embd)
         self.output_norm = w.vector("output_norm.weight", hp.n_embd)
         self.blocks = [self.make_block(w, il) for il in range(hp.n_layer)]
+        memo = RopeMemo()
+        for block in self.blocks:
+            block.attn.rope_memo = memo
 
     def read_hparams(self, gguf: GGUFFile) -> HParams:
         return read_hparams(gguf, self.rope_type)
+
+    def linear_layers(self) -> list[Linear]:
+        """Every matrix a decode step multiplies by (blocks' .attn and .ffn, then the output)."""
+        layers = []
+        for block in self.blocks:
+            for part in (block.attn, block.ffn):
+                layers += [v for v in vars(part).values() if isinstance(v, Linear)]
+        return layers + [self.output]
 
     def make_block(self, w: Weights, il: int):
         raise NotImplementedError

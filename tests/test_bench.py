@@ -1,0 +1,50 @@
+"""`edgellm bench` runs and reports every figure; a first run announces its kernel compilation.
+(Speed itself lives in benchmarks/README.md, never in an assertion.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgellm.bench import KEYS
+from edgellm.cli import main
+
+
+def test_bench_json_has_every_figure(model_path, capsys):
+    assert main(["bench", str(model_path), "-p", "8", "-n", "4", "-r", "1", "-t", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in KEYS + ("bandwidth_gb_per_s",):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["tpot_p95_s"] >= result["tpot_median_s"]
+    assert result["bytes_per_token"] > 0.9 * os.path.getsize(model_path)  # every weight, once
+    assert "llama_cpp" not in result
+
+
+def test_bench_table_names_each_figure(model_path, capsys):
+    assert main(["bench", str(model_path), "-p", "4", "-n", "2", "-r", "1"]) == 0
+    table = capsys.readouterr().out
+    for label in ("prefill tok/s", "decode tok/s", "TTFT", "TPOT median", "TPOT p95", "peak RSS", "GB/s"):
+        assert label in table
+
+
+@pytest.mark.parametrize("flag", [["-p", "0"], ["-n", "0"], ["-r", "0"], ["-t", "0"]])
+def test_bench_refuses_bad_counts(model_path, capsys, flag):
+    assert main(["bench", str(model_path), *flag]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_first_run_announces_compiling_and_second_does_not(tmp_path, model_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    cmd = [sys.executable, "-m", "edgellm.cli", "run", str(model_path), "-p", "Hi", "-n", "2", "--temp", "0"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "compiling kernels (first run only)" in first.stderr
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "compiling" not in second.stderr
+    assert second.stdout == first.stdout
