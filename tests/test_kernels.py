@@ -9,6 +9,7 @@ real weights; Q5_K, which gguf cannot quantize, is random bytes with finite f16 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -159,6 +160,37 @@ def test_matmul_writes_into_out(tensors, n):
     out = np.full((n, data.shape[0]), np.nan, np.float32)
     assert matmul(x, data, T.Q4_K, n_cols, out=out) is out
     assert_matmul_close(out, x, reference(data, T.Q4_K, n_cols))
+
+
+def test_matmul_group_equals_one_matmul_per_weight(tensors):
+    # Q, K and V of one layer (Q5_0, Q8_0) and an F32 row: one parallel loop, three results.
+    group = [kernels.Weight(*tensors[t][:1], t, tensors[t][1]) for t in (T.Q5_0, T.Q8_0, T.F32)]
+    x = np.random.default_rng(0).standard_normal((2, 640), dtype=np.float32)
+    for got, w in zip(kernels.matmul_group(x, group), group):
+        np.testing.assert_array_equal(got, matmul(x, w.data, w.ggml_type, 640))
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86 assembly")
+@pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t != T.F32], ids=lambda t: t.name)
+def test_row_dots_are_simd_code(tensors, qtype):
+    """Each type's row dot (what the decode mat-vec runs per row) must be packed float arithmetic
+    on whole vectors, 8 or 16 lanes per instruction (ymm/zmm), with no gathers (what a vectorizer
+    emits when it gives up on a block's layout). Compiled afresh: cached code cannot be read."""
+    import numba
+
+    from edgellm.kernels import simd
+    from edgellm.kernels.matvec import f16_table
+
+    dot = getattr(simd, f"dot_{qtype.name.lower()}")
+    kernel = numba.njit(lambda row, x, xs32, xs16, f16: dot(row, x, xs32, xs16, f16))
+    data, n_cols = tensors[qtype]
+    x = np.random.default_rng(0).standard_normal(n_cols, dtype=np.float32)
+    xs32, xs16 = x.reshape(-1, 32).sum(-1), x.reshape(-1, 16).sum(-1)
+    got = kernel(data[0], x, xs32, xs16, f16_table())
+    assert got == pytest.approx(float(reference(data[:1], qtype, n_cols)[0] @ x.astype(np.float64)), rel=1e-4, abs=1e-4)
+    asm = kernel.inspect_asm(kernel.signatures[0])
+    assert re.search(r"\bv(fmadd\d+|mul|add)ps\s+[^\n]*%[yz]mm", asm)
+    assert "vgather" not in asm
 
 
 def test_matmul_of_no_rows(tensors):
