@@ -260,6 +260,7 @@ class ChatApp(App):
             self._shown_text = self._answer_text
             self._answer_widget.update(self._shown_text)
             self.query_one("#log").scroll_end(animate=False)
+            self._update_status(f"answering… {len(self.chat.last.tokens)} tokens, Esc stops")
 
     def on_chat_app_finished(self, message: Finished) -> None:
         self._refresh_answer()
@@ -298,6 +299,10 @@ class ChatApp(App):
             return
         self._last_interrupt = now
         self.notify("Press Ctrl+C again to quit.")
+
+    async def action_quit(self) -> None:
+        self._stop.set()  # a generating thread ends at its next token instead of running on
+        self.exit()
 
     def action_quit_if_empty(self) -> None:
         if not self.generating and not self.query_one(PromptInput).text:

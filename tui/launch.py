@@ -1,5 +1,5 @@
-"""`edgellm chat`: the Textual app on a terminal, the plain REPL with --plain or when stdout is not
-a terminal (a pipe, a log file, a dumb serial console)."""
+"""`edgellm chat`: the Textual app on a terminal, the plain REPL with --plain or when stdin or
+stdout is not a terminal (a pipe, a log file, a dumb serial console)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def chat(args) -> int:
     max_tokens = None if args.n_predict == -1 else args.n_predict
     if args.ctx != 0 and args.ctx < 8:
         raise EdgeLLMError(f"-c must be at least 8, got {args.ctx}")
-    plain = args.plain or not sys.stdout.isatty() or os.environ.get("TERM") == "dumb"
+    plain = args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()) or os.environ.get("TERM") == "dumb"
     if plain:
         return _chat_plain(args, params, max_tokens)
     from edgellm.tui.app import ChatApp
