@@ -183,10 +183,8 @@ def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:
     if not 0 < n <= MATVEC_MAX_ROWS or n_cols % 32:
         return [_matmul_many_rows(x, w, np.empty((n, w.rows), np.float32)) for w in weights]
     outs = tuple(np.empty((n, w.rows), np.float32) for w in weights)
-    xs32 = _readonly(x.reshape(n, -1, 32).sum(-1, dtype=np.float32))  # per-block sums of x
-    xs16 = _readonly(x.reshape(n, -1, 16).sum(-1, dtype=np.float32))
     types = np.array([w.ggml_type for w in weights], np.int64)
-    matvec(tuple(w.data for w in weights), types, x, xs32, xs16, _F16, outs)
+    matvec(tuple(w.data for w in weights), types, x, _F16, outs)
     return list(outs)
 
 

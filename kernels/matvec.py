@@ -56,14 +56,25 @@ def dot_row(row, ggml_type, x, xs32, xs16, f16):
     return dot_f32(row, x, xs32, xs16, f16)
 
 
+@njit(cache=True)
+def block_sums(x, size):
+    """float32 [n, n_cols / size]: x [n, n_cols] summed over each block of `size` values."""
+    n, n_cols = x.shape
+    sums = np.zeros((n, n_cols // size), np.float32)
+    for k in range(n):
+        for j in range(n_cols):
+            sums[k, j // size] += x[k, j]
+    return sums
+
+
 @njit(cache=True, parallel=True)
-def matvec(weights, types, x, xs32, xs16, f16, outs):
+def matvec(weights, types, x, f16, outs):
     """outs[w][k, r] = row r of weights[w] (of type types[w]) . x[k], for every weight w.
 
-    weights: tuple of uint8 [rows_w, row_bytes_w], all with n_cols values per row;
-    x float32 [n, n_cols]; xs32/xs16 float32 [n, n_cols / 32 or / 16]: x summed per block;
-    outs: tuple of float32 [n, rows_w].
+    weights: tuple of uint8 [rows_w, row_bytes_w], all with n_cols values per row (a multiple
+    of 32); x float32 [n, n_cols]; outs: tuple of float32 [n, rows_w].
     """
+    xs32, xs16 = block_sums(x, 32), block_sums(x, 16)
     n_w = len(weights)
     first_chunk = np.zeros(n_w + 1, np.int64)  # weight w owns chunks first_chunk[w]..[w + 1]
     for w in range(n_w):
