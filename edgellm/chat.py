@@ -96,7 +96,6 @@ class ChatSession:
 
     def clear(self) -> None:
         """Forget the turns, keep the system prompt (and its tokens in the cache)."""
-        self.set_system(self.system)
         self.messages = self.messages[:1] if self.system is not None else []
 
     def send(self, text: str, stop=None) -> Iterator[str]:
@@ -115,12 +114,17 @@ class ChatSession:
 
     def _answer(self, stop) -> Iterator[str]:
         pieces: list[str] = []
+        failed = False
         try:
             for piece in self.reply(self.messages, stop):
                 pieces.append(piece)
                 yield piece
-        finally:
-            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        except EdgeLLMError:  # no turn took place; the user message stays for /regen
+            failed = True
+            raise
+        finally:  # also when the caller stops iterating: the partial answer is kept
+            if not failed:
+                self.messages.append({"role": "assistant", "content": "".join(pieces)})
 
     # --- one turn -----------------------------------------------------------------------------
     @property
@@ -158,7 +162,7 @@ class ChatSession:
     def reply(self, messages: Sequence[dict], stop=None) -> Iterator[str]:
         """Stream the assistant's answer to messages (ending with a user message)."""
         messages = list(messages)
-        if not messages or messages[-1].get("role") != "user":
+        if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
             raise EdgeLLMError("the conversation must end with a user message")
         params = self.params
         params.validate()
