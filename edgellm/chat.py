@@ -32,6 +32,9 @@ from edgellm.llm import GenerationStats
 from edgellm.sampling import Sampler, SamplingParams
 
 PREFILL_CHUNK = 256  # tokens per forward pass while prefilling: a stop request waits at most one
+# Sliding-window layers keep this many extra positions, so that /regen or an edit can roll the
+# cache back this far without evaluating the whole conversation again (llama.cpp: n_ubatch).
+ROLLBACK_TOKENS = 512
 
 
 @dataclass
@@ -84,6 +87,8 @@ class ChatSession:
         self._n_dropped = 0  # _conv_ids[n_keep : n_keep + n_dropped] are not in the cache
         self._cache_epoch = None  # (cache object, its clear() count) when we last touched it
         self._keep_for: tuple | None = None  # (system text, n_keep) memo
+        if llm.kv_cache.swa_margin != ROLLBACK_TOKENS and any(layer.window for layer in llm.kv_cache.layers):
+            self.set_context(llm.kv_cache.n_ctx)
 
     # --- the conversation ---------------------------------------------------------------------
     @property
@@ -130,6 +135,10 @@ class ChatSession:
     @property
     def n_ctx(self) -> int:
         return self.llm.kv_cache.n_ctx
+
+    def set_context(self, n_ctx: int) -> None:
+        """A new, empty cache of n_ctx positions; the next turn evaluates the conversation again."""
+        self.llm.set_context(n_ctx, swa_margin=ROLLBACK_TOKENS)
 
     @property
     def n_past(self) -> int:

@@ -143,16 +143,20 @@ class LayerKVCache:
 
 
 class KVCache:
-    """Per-layer caches for a context of n_ctx positions."""
+    """Per-layer caches for a context of n_ctx positions.
 
-    def __init__(self, hp, n_ctx: int, kv_type: str = "f32"):
+    swa_margin: extra slots for sliding-window layers, so that the cache can roll back that many
+    tokens (a chat's /regen) and still hold each window; llama.cpp keeps n_swa + n_ubatch cells.
+    """
+
+    def __init__(self, hp, n_ctx: int, kv_type: str = "f32", swa_margin: int = 0):
         if kv_type not in KV_TYPES:
             raise EdgeLLMError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
-        self.hp, self.n_ctx, self.kv_type = hp, n_ctx, kv_type
+        self.hp, self.n_ctx, self.kv_type, self.swa_margin = hp, n_ctx, kv_type, swa_margin
         self.layers = []
         for il in range(hp.n_layer):
             window = hp.window(il)
-            capacity = min(window, n_ctx) if window else n_ctx
+            capacity = min(window + swa_margin, n_ctx) if window else n_ctx
             self.layers.append(LayerKVCache(hp.n_head_kv, hp.head_dim, hp.head_dim_v, capacity, window, kv_type))
         self.n_past = 0  # positions filled so far; the next token goes at this position
         self.epoch = 0  # counts clear()s: a chat session knows the cache is still its own

@@ -91,11 +91,11 @@ class LLM:
         self.last_stats = GenerationStats()
         self._chat_session = None  # created by the first chat() call
 
-    def set_context(self, n_ctx: int) -> None:
-        """A new, empty KV cache of n_ctx positions."""
+    def set_context(self, n_ctx: int, swa_margin: int = 0) -> None:
+        """A new, empty KV cache of n_ctx positions (swa_margin: see KVCache)."""
         if n_ctx < 8:
             raise EdgeLLMError(f"context must be at least 8 tokens, got {n_ctx}")
-        self.kv_cache = KVCache(self.hparams, n_ctx, self.kv_type)
+        self.kv_cache = KVCache(self.hparams, n_ctx, self.kv_type, swa_margin)
         self.n_ctx = n_ctx
 
     def shift_context(self, n_keep: int, n_discard: int) -> None:

@@ -165,6 +165,17 @@ def test_a_prompt_longer_than_the_context_is_shifted_not_refused(tiny_llm):
     assert chat.last.prompt_tokens < 64 and len(chat.last.tokens) == 4
 
 
+def test_regen_past_the_sliding_window_still_reuses_the_prompt(tmp_path):
+    # sliding-window layers keep ROLLBACK_TOKENS extra positions for this
+    path = write_tiny_model(tmp_path / "g.gguf", "gemma3", n_vocab=320, vocab=True, window=16, swa_pattern=2)
+    chat = ChatSession(edgellm.load(path, threads=1, ctx=256), params=GREEDY, max_tokens=40)
+    list(chat.send("a message longer than the window"))
+    prompt = chat.tokenize(chat.messages[:-1])
+    assert len(prompt) + len(chat.last.tokens) > 2 * 16
+    list(chat.regen())
+    assert (chat.last.reused, chat.last.prefilled) == (len(prompt) - 1, 1)
+
+
 def test_save_as_markdown_and_json(session, tmp_path):
     answer = "".join(session.send("Name a fruit."))
     session.save(str(tmp_path / "chat.md"))

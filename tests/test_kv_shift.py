@@ -93,6 +93,18 @@ def test_rollback_past_an_overwritten_window_entry_is_refused(tmp_path):
     assert llm.kv_cache.n_past == 0 and all((layer.pos == -1).all() for layer in llm.kv_cache.layers)
 
 
+def test_a_window_margin_only_lets_the_cache_roll_back_further(tmp_path):
+    llm = edgellm.load(write_tiny_model(tmp_path / "g.gguf", "gemma3", n_layer=2, window=6, swa_pattern=2), ctx=64)
+    ids = np.random.default_rng(3).integers(0, 64, 30)
+    plain = llm.logits(ids)
+    assert not llm.kv_cache.truncate(22)
+    llm.set_context(64, swa_margin=10)
+    assert [layer.capacity for layer in llm.kv_cache.layers] == [16, 64]
+    np.testing.assert_allclose(llm.logits(ids), plain, rtol=1e-5, atol=1e-5)  # attention still sees 6
+    assert llm.kv_cache.truncate(22)  # 8 back: positions 17..21 are still in the ring
+    np.testing.assert_allclose(llm._eval(ids[22:], all_logits=True), plain[22:], rtol=1e-5, atol=1e-5)
+
+
 def test_kv_type_memory(llm):
     sizes = {t: KVCache(llm.hparams, 1024, t).nbytes for t in ("f32", "f16", "q8_0")}
     assert sizes["f16"] * 2 == sizes["f32"]

@@ -106,7 +106,7 @@ def _set(chat: ChatSession, args: str) -> Reply:
             train = chat.llm.hparams.n_ctx_train
             if not 8 <= n <= train:
                 raise EdgeLLMError(f"ctx must be in [8, {train}], got {n}")
-            chat.llm.set_context(n)  # a new, empty cache: the next turn prefills the conversation
+            chat.set_context(n)
     except ValueError:
         return Reply(f"/set {name}: {value!r} is not a number", error=True)
     except EdgeLLMError as e:
