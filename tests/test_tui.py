@@ -179,3 +179,14 @@ def test_ctrl_c_twice_quits_when_idle(gemma):
         assert not app.is_running
 
     run_chat(gemma, scenario)
+
+
+def test_system_sets_and_shows_the_system_prompt(gemma):
+    async def scenario(app, pilot):
+        await send(pilot, "/system")
+        await send(pilot, "/system Answer in French.")
+        await send(pilot, "/system")
+        assert app.chat.messages == [{"role": "system", "content": "Answer in French."}]
+        assert notices(app)[-3:] == ["No system prompt.", "System prompt set.", "System prompt: Answer in French."]
+
+    run_chat(gemma, scenario)
