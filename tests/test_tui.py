@@ -29,12 +29,13 @@ async def until(pilot, condition, timeout=300):
         await pilot.pause(0.05)
 
 
-async def send(pilot, text):
-    """Type text into the prompt and press Enter; wait until the answer (if any) is done."""
-    pilot.app.query_one(PromptInput).load_text(text)
-    await pilot.press("enter")
-    await pilot.pause()
-    await until(pilot, lambda: not pilot.app.generating)
+async def send(pilot, *texts):
+    """Type each text into the prompt and press Enter; wait until the answer (if any) is done."""
+    for text in texts:
+        pilot.app.query_one(PromptInput).load_text(text)
+        await pilot.press("enter")
+        await pilot.pause()
+        await until(pilot, lambda: not pilot.app.generating)
 
 
 def run_chat(gemma, scenario, max_tokens=6, system=None):
@@ -109,11 +110,7 @@ def test_regen_replaces_the_last_answer(gemma):
 
 def test_set_changes_settings_and_reports_bad_values(gemma):
     async def scenario(app, pilot):
-        await send(pilot, "/set temp 0.5")
-        await send(pilot, "/set top_k 7")
-        await send(pilot, "/set temp hot")
-        await send(pilot, "/set top_p 2")
-        await send(pilot, "/set colour blue")
+        await send(pilot, "/set temp 0.5", "/set top_k 7", "/set temp hot", "/set top_p 2", "/set colour blue")
         assert (app.chat.params.temperature, app.chat.params.top_k) == (0.5, 7)
         assert notices(app, "error") == [
             "/set temp: 'hot' is not a number",
@@ -126,9 +123,8 @@ def test_set_changes_settings_and_reports_bad_values(gemma):
 
 def test_save_writes_the_conversation_and_reports_a_bad_path(gemma, tmp_path):
     async def scenario(app, pilot):
-        await send(pilot, "Name a fruit.")
-        await send(pilot, f"/save {tmp_path / 'chat.json'}")
-        await send(pilot, f"/save {tmp_path / 'no-such-dir' / 'chat.md'}")
+        await send(pilot, "Name a fruit.", f"/save {tmp_path / 'chat.json'}",
+                   f"/save {tmp_path / 'no-such-dir' / 'chat.md'}")
         saved = json.loads((tmp_path / "chat.json").read_text())
         assert saved["messages"] == app.chat.messages
         assert notices(app, "error") == [
@@ -183,9 +179,7 @@ def test_ctrl_c_twice_quits_when_idle(gemma):
 
 def test_system_sets_and_shows_the_system_prompt(gemma):
     async def scenario(app, pilot):
-        await send(pilot, "/system")
-        await send(pilot, "/system Answer in French.")
-        await send(pilot, "/system")
+        await send(pilot, "/system", "/system Answer in French.", "/system")
         assert app.chat.messages == [{"role": "system", "content": "Answer in French."}]
         assert notices(app)[-3:] == ["No system prompt.", "System prompt set.", "System prompt: Answer in French."]
 
