@@ -24,7 +24,8 @@ from edgellm.perplexity import perplexity
 REPO = Path(__file__).resolve().parents[1]
 HF = REPO / ".pytest_cache" / "d" / "gemma3-270m-hf-253113024"
 TEXT = REPO.parent / "shared" / "reference" / "texts" / "GPL-3.txt"
-CALIB = Path("/usr/share/common-licenses/GFDL-1.3")  # prose of another kind than the GPL
+# Calibration: other licenses than the GPL (Debian's common-licenses), 12k tokens together.
+CALIB_PARTS = [Path("/usr/share/common-licenses") / n for n in ("GFDL-1.3", "Apache-2.0", "MPL-2.0", "Artistic")]
 
 # label -> convert() arguments besides src/out
 VARIANTS = {}
@@ -41,8 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hf", type=Path, default=HF, help="Gemma-3-270M HF checkpoint folder")
     ap.add_argument("--text", type=Path, default=TEXT)
-    ap.add_argument("--calib", type=Path, default=CALIB)
-    ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument("--calib", type=Path, default=None, help="default: the licenses in CALIB_PARTS, joined")
+    ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated labels (default: all)")
@@ -52,6 +53,9 @@ def main() -> None:
     if not (args.hf / "config.json").is_file():
         raise SystemExit(f"no checkpoint at {args.hf}: run `pytest tests/test_convert_roundtrip.py` once")
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.calib is None:
+        args.calib = args.work / "calibration.txt"
+        args.calib.write_text("".join(p.read_text() for p in CALIB_PARTS))
     text = args.text.read_text()
     labels = args.only.split(",") if args.only else list(VARIANTS)
     rows = []

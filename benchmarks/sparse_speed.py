@@ -2,7 +2,7 @@
 end-to-end decode on a llama-shaped model (hidden 2048, 16 layers, FFN 5632, vocab 32000) made of
 random weights (speed does not depend on the values).
 
-    python benchmarks/sparse_speed.py [--threads 2] [--skip-model]
+    python benchmarks/sparse_speed.py [--threads 2] [--skip-model] [--pair DENSE.gguf SPARSE.gguf]
 
 Mat-vec: `kernels.matmul` (what a dense Linear calls) vs `SparseWeight.matmul` (a compact Linear)
 on the same shapes; the sparse matrix is the dense one pruned 2:4, so both compute the same thing
@@ -10,7 +10,7 @@ up to rounding. Each timing is the fastest of 40 calls on one matrix (it stays i
 and sparse taken in turn (the machine is shared).
 Decode: two GGUF files of the same model, dense Q4_0/Q8_0 and compact 2:4 (embeddings and output
 Q8_0 in both, as the converter writes them); tokens/s over 32 single-token steps after a 16-token
-prompt, best of 3.
+prompt, best of 3 rounds in which the two models take turns.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def random_twin(rng, rows: int, n_cols: int, qtype: Q) -> np.ndarray:
     """Random Q4_0/Q8_0 bytes with 2 zeros in every group of 4 and sane f16 scales."""
     nb = n_cols // 32
     blocks = rng.integers(0, 256, (rows, nb, BLOCK_BYTES[qtype]), dtype=np.uint8)
-    blocks[..., :2] = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    scale = 0.01 if qtype == Q.Q4_0 else 0.0006  # weights of about the same size in both types
+    blocks[..., :2] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
     drop = np.argsort(rng.random((rows, n_cols // 4, 4)), axis=-1)[..., :2]  # 2 of 4 to zero
     cols = (np.arange(n_cols // 4)[None, :, None] * 4 + drop).reshape(rows, -1)
     r = np.repeat(np.arange(rows), cols.shape[1])
@@ -72,7 +73,7 @@ def bench_matvec(rng, qtype: Q) -> list[tuple]:
     for rows, n_cols in SHAPES:
         twin = random_twin(rng, rows, n_cols, qtype)
         w = sparse.from_twin("w", twin, qtype, n_cols)
-        for n in (1, 4):
+        for n in (1, 4, 64):  # decode, a few tokens, a prefill batch (dequantized tiles + BLAS)
             x = rng.standard_normal((n, n_cols)).astype(np.float32)
             assert np.allclose(w.matmul(x), matmul(x, twin, qtype, n_cols), rtol=1e-3, atol=1e-2)
             dense, compact = best_ms([lambda: matmul(x, twin, qtype, n_cols), lambda: w.matmul(x)])
@@ -123,16 +124,19 @@ def write_model(path: Path, rng, qtype: Q, compact: bool, n_embd=2048, n_layer=1
     return path
 
 
-def decode_tok_s(path: Path, threads: int) -> float:
-    llm = edgellm.load(path, threads=threads, ctx=128)
-    best = 0.0
-    for _ in range(3):
-        llm.kv_cache.clear()
-        llm._eval(np.arange(1, 17, dtype=np.int64), all_logits=False)
-        t = time.perf_counter()
-        for i in range(32):
-            llm._eval(np.array([100 + i], np.int64), all_logits=False)
-        best = max(best, 32 / (time.perf_counter() - t))
+def decode_tok_s(paths: list[Path], threads: int, rounds: int = 3) -> list[float]:
+    """Best tokens/s of each model over `rounds` rounds of 32 single-token steps after a
+    16-token prompt, the models taking turns."""
+    llms = [edgellm.load(p, threads=threads, ctx=128) for p in paths]
+    best = [0.0] * len(llms)
+    for _ in range(rounds):
+        for i, llm in enumerate(llms):
+            llm.kv_cache.clear()
+            llm._eval(np.arange(1, 17, dtype=np.int64), all_logits=False)
+            t = time.perf_counter()
+            for step in range(32):
+                llm._eval(np.array([100 + step], np.int64), all_logits=False)
+            best[i] = max(best[i], 32 / (time.perf_counter() - t))
     return best
 
 
@@ -141,7 +145,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-model", action="store_true", help="mat-vec only")
     ap.add_argument("--types", default="q4_0,q8_0")
+    ap.add_argument("--pair", nargs=2, type=Path, metavar=("DENSE", "SPARSE"), default=None,
+                    help="only time decode of these two GGUF files (e.g. sparse_quality.py's Gemma ones)")
     args = ap.parse_args()
+    if args.pair:
+        d, c = decode_tok_s(list(args.pair), args.threads)
+        print(f"| {args.pair[0].name} | {d:.2f} tok/s | {args.pair[1].name} | {c:.2f} tok/s | {c / d:.2f}x |")
+        return
     numba.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     types = [Q[t.upper()] for t in args.types.split(",")]
@@ -159,7 +169,7 @@ def main() -> None:
         for qtype in types:
             dense = write_model(Path(tmp) / "dense.gguf", rng, qtype, compact=False)
             compact = write_model(Path(tmp) / "compact.gguf", rng, qtype, compact=True)
-            d, c = decode_tok_s(dense, args.threads), decode_tok_s(compact, args.threads)
+            d, c = decode_tok_s([dense, compact], args.threads)
             print(f"| {qtype.name} | llama 2048x16, ffn 5632, vocab 32000 | {d:.2f} | {c:.2f} | {d and c / d:.2f}x "
                   f"| {dense.stat().st_size / 2**20:.0f} | {compact.stat().st_size / 2**20:.0f} |", flush=True)
             dense.unlink()
