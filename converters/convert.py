@@ -92,7 +92,7 @@ def _plan_sparsity(source, tensors, writer, opts, qtype, calib, calib_tokens, dr
         hessian = opts.method == "sparsegpt"
         stats = calibrate.collect_for_source(source, calib, calib_tokens, hessian,
                                              sparsity_mod.PRUNABLE.match, progress)
-    tensors, names, close = sparsity_mod.sparsify(tensors, opts, stats, progress)
+    tensors, names, close = sparsity_mod.sparsify(tensors, opts, stats, progress and not dry_run)
     sparsity_mod.add_metadata(writer, opts, qtype, names)
     return tensors, close
 
