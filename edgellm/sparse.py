@@ -270,7 +270,3 @@ def check(gguf: GGUFFile) -> list[str]:
     lines.append(f"  all {total_groups:,} groups of {m} hold at most {n} non-zero weights "
                  f"({8 * total_bytes / max(total_weights, 1):.2f} bits/weight in the pruned tensors)")
     return lines
-
-
-def is_plane(name: str) -> bool:
-    return name.endswith(PLANES)
