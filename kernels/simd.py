@@ -18,6 +18,10 @@ so offsets and minimums never touch the lanes: they multiply the sum of x over t
 Each intrinsic is `dot_<type>(row, x, xs32, xs16, f16)`: row uint8 [row_bytes] (the row's
 blocks), x float32 [n_cols], xs32/xs16 float32 [n_cols / 32 or / 16], f16 the float32 [65536]
 table of every f16 bit pattern (one load per scale, no conversion code).
+
+Numba's disk cache notices edits to the file of a cached function (matvec.py), not to this one:
+after changing an emitter here, delete ~/.cache/edgellm/numba (an install or upgrade rewrites
+every file, so users never meet a stale kernel).
 """
 
 from __future__ import annotations
@@ -51,6 +55,15 @@ class Emitter:
         """<n x i8> at row + base + offset (unaligned)."""
         p = self.b.bitcast(self.gep(self.gep(self.row, base), offset), vec(I8, n).as_pointer())
         return self.b.load(p, align=1)
+
+    def prefetch(self, base, offset):
+        """Ask for the cache line at row + base + offset ahead of its use (read, keep in cache)."""
+        module = self.b.module
+        fn = module.globals.get("llvm.prefetch.p0")
+        if fn is None:
+            fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(I8), I32, I32, I32]), "llvm.prefetch.p0")
+        p = self.b.bitcast(self.gep(self.gep(self.row, base), offset), ir.PointerType(I8))
+        self.b.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
     def uint_at(self, base, offset, t):
         """A little-endian integer of type t at row + base + offset, zero-extended to i32."""
@@ -118,11 +131,15 @@ class Emitter:
 
 
 LANES = 32  # the vector accumulator: 32 float32 lanes (2 AVX-512 / 4 AVX2 / 8 NEON registers)
+# Each block asks for the bytes this far ahead of it (llvm.prefetch): with the hardware
+# prefetcher alone a 178 MB Q8_0 mat-vec read 5.1-5.4 GB/s, with this 7.9-8.5 (Q5_0: 4.0 -> 4.9).
+PREFETCH_BYTES = 4096
 
 
-def _row_dot(block_values, emit_block):
-    """An intrinsic summing emit_block(e, b, acc, off) over the row's blocks of block_values
-    values; emit_block returns the updated (vector acc, scalar off); the result is their sum."""
+def _row_dot(block_values, block_bytes, emit_block):
+    """An intrinsic summing emit_block(e, b, acc, off) over the row's blocks (block_values values
+    in block_bytes bytes); emit_block returns the updated (vector acc, scalar off); the result is
+    their sum."""
 
     def generic(typingctx, row, x, xs32, xs16, f16):
         sig = types.float32(row, x, xs32, xs16, f16)
@@ -133,6 +150,9 @@ def _row_dot(block_values, emit_block):
             acc = cgutils.alloca_once_value(builder, e.const(F32, LANES, 0.0))
             off = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
             with cgutils.for_range(builder, n_blocks) as loop:
+                base = e.mul(loop.index, block_bytes)
+                for line in range(0, block_bytes, 64):
+                    e.prefetch(base, PREFETCH_BYTES + line)
                 a, o = emit_block(e, loop.index, builder.load(acc), builder.load(off))
                 builder.store(a, acc)
                 builder.store(o, off)
@@ -292,14 +312,14 @@ def _q6_k(e, b, acc, off):
     return e.fma(e.splat(d, LANES), block, acc), off
 
 
-dot_f32 = _row_dot(32, _f32)
-dot_f16 = _row_dot(32, _f16)
-dot_bf16 = _row_dot(32, _bf16)
-dot_q8_0 = _row_dot(32, _q8_0)
-dot_q4_0 = _row_dot(32, _q4_0)
-dot_q4_1 = _row_dot(32, _q4_1)
-dot_q5_0 = _row_dot(32, _q5_0)
-dot_q5_1 = _row_dot(32, _q5_1)
-dot_q4_k = _row_dot(256, _q4_k)
-dot_q5_k = _row_dot(256, _q5_k)
-dot_q6_k = _row_dot(256, _q6_k)
+dot_f32 = _row_dot(32, 128, _f32)
+dot_f16 = _row_dot(32, 64, _f16)
+dot_bf16 = _row_dot(32, 64, _bf16)
+dot_q8_0 = _row_dot(32, 34, _q8_0)
+dot_q4_0 = _row_dot(32, 18, _q4_0)
+dot_q4_1 = _row_dot(32, 20, _q4_1)
+dot_q5_0 = _row_dot(32, 22, _q5_0)
+dot_q5_1 = _row_dot(32, 24, _q5_1)
+dot_q4_k = _row_dot(256, 144, _q4_k)
+dot_q5_k = _row_dot(256, 176, _q5_k)
+dot_q6_k = _row_dot(256, 210, _q6_k)
