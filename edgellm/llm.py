@@ -128,10 +128,10 @@ class LLM:
         if start + len(ids) > self.kv_cache.n_ctx:
             raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.kv_cache.n_ctx} (use -c)")
         positions = np.arange(start, start + len(ids), dtype=np.int64)
-        # BLAS only does the big products of a long batch. For a few tokens its threads would
-        # only spin between calls, stealing the cores the Numba kernels run on (2.5x slower decode).
-        blas_threads = self.threads if len(ids) > DECODE_MAX_TOKENS else 1
-        with self._blas.limit(limits=blas_threads, user_api="blas"):
+        # BLAS runs single-threaded: the kernels spread a long batch's products over their own
+        # pool of threads (kernels/dispatch.py), and BLAS's threads would only spin between
+        # calls, stealing the cores the Numba kernels run on (2.5x slower decode).
+        with self._blas.limit(limits=1, user_api="blas"):
             logits = self.model.forward(ids, positions, self.kv_cache, all_logits)
         self.kv_cache.n_past += len(ids)
         return logits

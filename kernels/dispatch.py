@@ -8,7 +8,8 @@ live in floats.py, legacy.py and kquants.py; this file holds the loops they shar
     for_rows        the parallel loop over rows: dequantize each (dequantize, get_rows, prefill
                     tiles) or dot it with a few x rows (decode)
     matmul          few x rows: matvec.py's fused one-pass dots; many: dequantize a bounded
-                    tile of rows, then BLAS (x @ tile.T) into out[:, tile], tile after tile
+                    tile of rows, then single-threaded BLAS (x @ tile.T) into out[:, tile], the
+                    tiles spread over a pool of threads
     matmul_group    matmul of one x by several weights (Q, K, V) in one parallel loop
 
 Exactness: every dequantizing function says fastmath=False explicitly. Numba hands a caller's
@@ -25,7 +26,10 @@ several seconds, later runs load it in well under one.
 from __future__ import annotations
 
 import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from numba import njit, prange
@@ -189,20 +193,62 @@ def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:
 
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
-    """Prefill: dequantize a bounded tile of W's rows at a time and let BLAS multiply it."""
+    """Prefill: dequantize a tile of W's rows, let single-threaded BLAS multiply it into
+    out[:, tile]; the tiles go to a pool of numba.get_num_threads() workers that each take the
+    next tile when done. A core slowed by another program then does fewer tiles, where BLAS's
+    own threads split each product evenly and wait for the slowest (on a busy 2-core machine,
+    two BLAS threads ran at half the speed of one)."""
     data, ggml_type, n_cols, rows = w.data, w.ggml_type, w.n_cols, w.rows
     if x.shape[0] == 0:
         return out
     if ggml_type == F32:  # float32 already: BLAS straight on the mapped bytes
         return np.matmul(x, data.view(np.float32).T, out=out)
-    tile_rows = max(1, min(rows, TILE_BYTES // (4 * n_cols)))
-    tile = np.empty((tile_rows, n_cols), np.float32)
-    for start in range(0, rows, tile_rows):
+    workers = numba.get_num_threads()
+    # at least 4 tiles per worker to balance, at most TILE_BYTES of float32 each
+    tile_rows = max(16, min(TILE_BYTES // (4 * n_cols), -(-rows // (4 * workers))))
+
+    def one_tile(start: int) -> None:
         stop = min(rows, start + tile_rows)
-        ids = _readonly(np.arange(start, stop, dtype=np.int64))
-        _dequantize_rows(data, ggml_type, ids, tile[: stop - start])
-        np.matmul(x, tile[: stop - start].T, out=out[:, start:stop])
+        tile = _scratch(tile_rows * n_cols)[: (stop - start) * n_cols].reshape(stop - start, n_cols)
+        dequantize_rows_serial(data, ggml_type, start, stop, tile)
+        np.matmul(x, tile.T, out=out[:, start:stop])
+
+    parallel_map(one_tile, range(0, rows, tile_rows))
     return out
+
+
+def parallel_map(fn, items) -> None:
+    """fn(item) for every item, spread over numba.get_num_threads() Python threads (fn must
+    spend its time in code that drops the GIL: BLAS, nogil Numba)."""
+    workers = numba.get_num_threads()
+    if workers == 1 or len(items) == 1:
+        for item in items:
+            fn(item)
+    else:
+        list(_pool(workers).map(fn, items))
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def dequantize_rows_serial(data, ggml_type, start, stop, out):
+    """out[i] = row start + i of data, dequantized, on the calling thread (without the GIL)."""
+    for r in range(start, stop):
+        dequantize_row(data[r], ggml_type, out[r - start])
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> np.ndarray:
+    """This thread's float32 scratch of at least size values, kept between calls."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _local.buf = np.empty(size, np.float32)
+    return buf
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgellm-prefill")
 
 
 def matmul(x: np.ndarray, data: np.ndarray, ggml_type: int, n_cols: int,

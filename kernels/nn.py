@@ -13,6 +13,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .dispatch import parallel_map
+
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
 ROPE_NEOX = 2  # rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3
 
@@ -44,8 +46,18 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU with the tanh approximation (ggml_gelu, PyTorch's gelu(approximate="tanh"))."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty_like(flat)
+    _gelu_tanh(flat, out)
+    return out.reshape(x.shape)
+
+
+@njit(cache=True, parallel=True)
+def _gelu_tanh(x, out):
     c = np.float32(math.sqrt(2.0 / math.pi))
-    return np.float32(0.5) * x * (1.0 + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+    for i in prange(x.shape[0]):
+        v = x[i]
+        out[i] = np.float32(0.5) * v * (np.float32(1.0) + np.tanh(c * (v + np.float32(0.044715) * v * v * v)))
 
 
 def rope_tables(
@@ -80,7 +92,7 @@ FEW_QUERIES = 8  # up to this many queries (decode), attention runs as a Numba l
 
 def attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
-    scale: float, window: int = 0, q_block: int = 256,
+    scale: float, window: int = 0, q_block: int = 128,
 ) -> np.ndarray:
     """Causal multi-head attention with grouped KV heads; returns [n, n_head * hd_v].
 
@@ -98,27 +110,30 @@ def attention(
     n_kv, m, hd_v = v.shape
     group = n_head // n_kv
     out = np.empty((n, n_head, hd_v), dtype=np.float32)
-    for q0 in range(0, n, q_block):
+
+    def one_block(item: tuple[int, int]) -> None:
+        q0, h = item
         q1 = min(n, q0 + q_block)
         qp = q_pos[q0:q1, None]
         visible = (k_pos[None, :] >= 0) & (k_pos[None, :] <= qp)
         if window > 0:
             visible &= qp - k_pos[None, :] < window
-        bias = np.where(visible, np.float32(0), np.float32(-np.inf))  # [nq, m]
-        for h in range(n_kv):
-            heads = slice(h * group, (h + 1) * group)
-            # one 2-D product per KV head: [(nq * group), hd] @ [hd, m]
-            qh = np.ascontiguousarray(q[q0:q1, heads, :]).reshape(-1, hd)
-            scores = (qh @ k[h].T).reshape(q1 - q0, group, m)
-            scores *= np.float32(scale)
-            scores += bias[:, None, :]
-            scores -= scores.max(axis=-1, keepdims=True)
-            # exp() of a score this far below the max would be a denormal, which the FPU
-            # handles ~100x slower; its weight is below float32 resolution anyway.
-            scores[scores < -80.0] = -np.inf
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            out[q0:q1, heads, :] = (scores.reshape(-1, m) @ v[h]).reshape(q1 - q0, group, hd_v)
+        heads = slice(h * group, (h + 1) * group)
+        # one 2-D product per KV head: [(nq * group), hd] @ [hd, m]
+        qh = np.ascontiguousarray(q[q0:q1, heads, :]).reshape(-1, hd)
+        scores = (qh @ k[h].T).reshape(q1 - q0, group, m)
+        scores *= np.float32(scale)
+        scores += np.where(visible, np.float32(0), np.float32(-np.inf))[:, None, :]
+        scores -= scores.max(axis=-1, keepdims=True)
+        # exp() of a score this far below the max would be a denormal, which the FPU
+        # handles ~100x slower; its weight is below float32 resolution anyway.
+        scores[scores < -80.0] = -np.inf
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out[q0:q1, heads, :] = (scores.reshape(-1, m) @ v[h]).reshape(q1 - q0, group, hd_v)
+
+    # blocks of queries x KV heads, spread over the kernels' threads (numpy drops the GIL)
+    parallel_map(one_block, [(q0, h) for q0 in range(0, n, q_block) for h in range(n_kv)])
     return out.reshape(n, n_head * hd_v)
 
 
