@@ -34,6 +34,6 @@ def needs_compiling() -> bool:
 
     try:
         return any(not kernel._cache._cache_file._load_index()
-                   for kernel in (dispatch.dequantize_rows, matvec.matvec, nn._rms_norm_rows, nn._attention_few))
+                   for kernel in (dispatch.dequantize_rows_serial, matvec.matvec, nn._rms_norm_rows, nn._attention_few))
     except (AttributeError, OSError):  # numba's cache internals moved: say nothing
         return False

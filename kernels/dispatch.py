@@ -117,6 +117,8 @@ def _all_rows(rows: int) -> np.ndarray:
 
 
 _F16 = f16_table()
+GROUP = 3  # weights per matvec call (Q, K, V)
+_NO_ROWS = _readonly(np.empty((0, 34), np.uint8))  # the padding weight
 
 
 def _check(data: np.ndarray, ggml_type: int, n_cols: int) -> tuple[np.ndarray, int]:
@@ -153,8 +155,11 @@ def get_rows(data: np.ndarray, ggml_type: int, n_cols: int, row_ids) -> np.ndarr
     ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
     if ids.size and (ids.min() < -rows or ids.max() >= rows):
         raise IndexError(f"row ids must lie in [-{rows}, {rows}), got {ids.min()}..{ids.max()}")
-    ids = _readonly(np.where(ids < 0, ids + rows, ids))
-    return _dequantize_rows(data, ggml_type, ids, np.empty((ids.size, n_cols), np.float32))
+    ids = np.where(ids < 0, ids + rows, ids)
+    out = np.empty((ids.size, n_cols), np.float32)
+    for i, r in enumerate(ids.tolist()):  # a few rows (the prompt's tokens): no thread start-up
+        dequantize_rows_serial(data, ggml_type, r, r + 1, out[i : i + 1])
+    return out
 
 
 class Weight:
@@ -186,10 +191,14 @@ def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:
     # The row dots take 32 values at a time: float rows of other widths go through BLAS.
     if not 0 < n <= MATVEC_MAX_ROWS or n_cols % 32:
         return [_matmul_many_rows(x, w, np.empty((n, w.rows), np.float32)) for w in weights]
-    outs = tuple(np.empty((n, w.rows), np.float32) for w in weights)
-    types = np.array([w.ggml_type for w in weights], np.int64)
-    matvec(tuple(w.data for w in weights), types, x, _F16, outs)
-    return list(outs)
+    if len(weights) > GROUP:
+        return matmul_group(x, weights[:GROUP]) + matmul_group(x, weights[GROUP:])
+    # Always GROUP weights (padded with empty ones): one compiled matvec instead of one per count.
+    pad = GROUP - len(weights)
+    outs = tuple(np.empty((n, w.rows), np.float32) for w in weights) + (np.empty((n, 0), np.float32),) * pad
+    types = np.array([w.ggml_type for w in weights] + [Q8_0] * pad, np.int64)
+    matvec(tuple(w.data for w in weights) + (_NO_ROWS,) * pad, types, x, _F16, outs)
+    return list(outs[: len(weights)])
 
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
