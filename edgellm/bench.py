@@ -217,6 +217,7 @@ def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cp
     say = progress or (lambda msg: None)
 
     engines = [EdgeEngine(model_path, threads, n_ctx)]
+    engines[0].llm.on_compile = lambda: say("compiling kernels (first run only)...")
     if vs_llama_cpp:
         try:
             import llama_cpp  # noqa: F401

@@ -96,12 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def announce_compiling() -> None:
-    """One line on stderr before a first run compiles the kernels (seconds of silence otherwise)."""
-    from edgellm.kernels import needs_compiling
-
-    if needs_compiling():
-        print("edgellm: compiling kernels (first run only)...", file=sys.stderr, flush=True)
+def announce_compiling(llm) -> None:
+    """One line on stderr when the first forward pass is about to compile the kernels (seconds
+    of silence otherwise); after every check of the input, so an error stays one line."""
+    llm.on_compile = lambda: print("edgellm: compiling kernels (first run only)...", file=sys.stderr, flush=True)
 
 
 def _positive(value: int | None, name: str) -> None:
@@ -115,8 +113,8 @@ def cmd_run(args) -> int:
     _positive(args.threads, "--threads")
     if args.n_predict < 0:
         raise EdgeLLMError(f"-n must be >= 0, got {args.n_predict}")
-    announce_compiling()
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx)
+    announce_compiling(llm)
     pieces = llm.generate(
         args.prompt, max_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
@@ -149,7 +147,6 @@ def cmd_bench(args) -> int:
     from edgellm.bench import bench, format_table
 
     _positive(args.threads, "--threads")
-    announce_compiling()
     result = bench(args.model, args.n_prompt, args.n_gen, args.threads, args.reps, args.vs_llama_cpp,
                    progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
     print(json.dumps(result) if args.json else format_table(result))
@@ -178,8 +175,8 @@ def cmd_perplexity(args) -> int:
         raise EdgeLLMError(f"cannot read {args.file}: {e.strerror if isinstance(e, OSError) else e}") from None
     import edgellm
 
-    announce_compiling()
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx)
+    announce_compiling(llm)
     result = perplexity(llm, text, args.ctx, progress=lambda i, n, ppl: print(
         f"[{i}]{ppl:.4f}", end="," if i < n else "\n", file=sys.stderr, flush=True))
     print(f"PPL = {result.ppl:.4f} ± {result.error:.4f}  ({result.n_chunks} chunks of {args.ctx}, "

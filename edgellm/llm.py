@@ -89,6 +89,9 @@ class LLM:
         self.kv_type = kv_type
         self.kv_cache = KVCache(self.hparams, self.n_ctx, kv_type)
         self.last_stats = GenerationStats()
+        # Called once, before the first forward pass, if that pass will compile the kernels
+        # (a fresh install): front ends set it to say so instead of going silent for seconds.
+        self.on_compile = None
         self._chat_session = None  # created by the first chat() call
 
     def set_context(self, n_ctx: int, swa_margin: int = 0) -> None:
@@ -128,6 +131,12 @@ class LLM:
         if start + len(ids) > self.kv_cache.n_ctx:
             raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.kv_cache.n_ctx} (use -c)")
         positions = np.arange(start, start + len(ids), dtype=np.int64)
+        if self.on_compile is not None:
+            notice, self.on_compile = self.on_compile, None
+            from edgellm.kernels import needs_compiling
+
+            if needs_compiling():
+                notice()
         # BLAS runs single-threaded: the kernels spread a long batch's products over their own
         # pool of threads (kernels/dispatch.py), and BLAS's threads would only spin between
         # calls, stealing the cores the Numba kernels run on (2.5x slower decode).
