@@ -84,12 +84,6 @@ def weight_bytes_per_token(model) -> int:
                for layer in model.linear_layers())
 
 
-def _timed(f, *args) -> float:
-    t = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - t
-
-
 class EdgeEngine:
     name = "edgellm"
 
@@ -170,23 +164,32 @@ class LlamaCppEngine:
             self.proc.wait(timeout=30)
 
 
-def _llama_cpp_worker(model_path: str, threads: int, n_ctx: int, plain_buffers: bool) -> None:
-    import resource
-
+def open_llama_cpp(model_path, plain_buffers: bool, **kwargs):
+    """llama_cpp.Llama for model_path. plain_buffers: weights in plain CPU buffers instead of
+    llama.cpp's "extra" (repacked/AMX) ones, which die with SIGILL on VMs that advertise AMX
+    without enabling it; they compute the same model."""
     import llama_cpp
     import llama_cpp.llama_cpp as lib
 
-    if plain_buffers:  # weights in plain CPU buffers, not the repacked/AMX ones
-        default = lib.llama_model_default_params
+    default = lib.llama_model_default_params
 
-        def params():
-            p = default()
-            p.use_extra_bufts = False
-            return p
+    def params():
+        p = default()
+        p.use_extra_bufts = not plain_buffers
+        return p
 
-        lib.llama_model_default_params = params
-    llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    lib.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(model_path=str(model_path), verbose=False, **kwargs)
+    finally:
+        lib.llama_model_default_params = default
+
+
+def _llama_cpp_worker(model_path: str, threads: int, n_ctx: int, plain_buffers: bool) -> None:
+    import resource
+
+    llm = open_llama_cpp(model_path, plain_buffers, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                         n_threads=threads, n_threads_batch=threads)
 
     def eval_tokens(ids, fresh):
         if fresh:
@@ -216,13 +219,14 @@ def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cp
     n_ctx = n_prompt + n_gen + 8
     say = progress or (lambda msg: None)
 
+    if vs_llama_cpp:
+        try:
+            import llama_cpp  # noqa: F401  (the child process needs it)
+        except ImportError:
+            raise EdgeLLMError("--vs-llama-cpp needs llama-cpp-python: pip install 'edgellm[bench]'") from None
     engines = [EdgeEngine(model_path, threads, n_ctx)]
     engines[0].llm.on_compile = lambda: say("compiling kernels (first run only)...")
     if vs_llama_cpp:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            raise EdgeLLMError("--vs-llama-cpp needs llama-cpp-python: pip install 'edgellm[bench]'") from None
         engines.append(LlamaCppEngine(model_path, threads, n_ctx))
     ours = engines[0]
     tok = ours.llm.tokenizer

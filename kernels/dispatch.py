@@ -104,16 +104,19 @@ def dequantize_rows(data, ggml_type, row_ids, out):
             dequantize_row(data[row_ids[i]], ggml_type, out[i])
 
 
+@njit(cache=True, nogil=True, fastmath=False)
+def dequantize_rows_serial(data, ggml_type, row_ids, out):
+    """dequantize_rows on the calling thread, without the GIL: for a few rows (embedding
+    lookups) or for one worker's prefill tile."""
+    for i in range(row_ids.shape[0]):
+        dequantize_row(data[row_ids[i]], ggml_type, out[i])
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     """A read-only view: every array the kernels read has one numba type, so one compilation."""
     a = a.view()
     a.flags.writeable = False
     return a
-
-
-@functools.lru_cache(maxsize=64)
-def _all_rows(rows: int) -> np.ndarray:
-    return _readonly(np.arange(rows, dtype=np.int64))
 
 
 _F16 = f16_table()
@@ -135,16 +138,13 @@ def _check(data: np.ndarray, ggml_type: int, n_cols: int) -> tuple[np.ndarray, i
     return _readonly(np.ascontiguousarray(data, dtype=np.uint8)), ggml_type
 
 
-def _dequantize_rows(data, ggml_type, row_ids, out):
-    dequantize_rows(data, ggml_type, row_ids, out)
-    return out
-
-
 def dequantize(data: np.ndarray, ggml_type: int, n_cols: int) -> np.ndarray:
     """All rows: float32 [rows, n_cols], bit for bit `gguf.quants.dequantize(data, type)`."""
     data, ggml_type = _check(data, ggml_type, n_cols)
     rows = data.shape[0]
-    return _dequantize_rows(data, ggml_type, _all_rows(rows), np.empty((rows, n_cols), np.float32))
+    out = np.empty((rows, n_cols), np.float32)
+    dequantize_rows(data, ggml_type, _readonly(np.arange(rows, dtype=np.int64)), out)
+    return out
 
 
 def get_rows(data: np.ndarray, ggml_type: int, n_cols: int, row_ids) -> np.ndarray:
@@ -155,10 +155,9 @@ def get_rows(data: np.ndarray, ggml_type: int, n_cols: int, row_ids) -> np.ndarr
     ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
     if ids.size and (ids.min() < -rows or ids.max() >= rows):
         raise IndexError(f"row ids must lie in [-{rows}, {rows}), got {ids.min()}..{ids.max()}")
-    ids = np.where(ids < 0, ids + rows, ids)
+    ids = _readonly(np.where(ids < 0, ids + rows, ids))
     out = np.empty((ids.size, n_cols), np.float32)
-    for i, r in enumerate(ids.tolist()):  # a few rows (the prompt's tokens): no thread start-up
-        dequantize_rows_serial(data, ggml_type, r, r + 1, out[i : i + 1])
+    dequantize_rows_serial(data, ggml_type, ids, out)  # a few rows: no thread start-up
     return out
 
 
@@ -219,7 +218,7 @@ def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
     def one_tile(start: int) -> None:
         stop = min(rows, start + tile_rows)
         tile = _scratch(tile_rows * n_cols)[: (stop - start) * n_cols].reshape(stop - start, n_cols)
-        dequantize_rows_serial(data, ggml_type, start, stop, tile)
+        dequantize_rows_serial(data, ggml_type, _readonly(np.arange(start, stop, dtype=np.int64)), tile)
         np.matmul(x, tile.T, out=out[:, start:stop])
 
     parallel_map(one_tile, range(0, rows, tile_rows))
@@ -235,13 +234,6 @@ def parallel_map(fn, items) -> None:
             fn(item)
     else:
         list(_pool(workers).map(fn, items))
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def dequantize_rows_serial(data, ggml_type, start, stop, out):
-    """out[i] = row start + i of data, dequantized, on the calling thread (without the GIL)."""
-    for r in range(start, stop):
-        dequantize_row(data[r], ggml_type, out[r - start])
 
 
 _local = threading.local()

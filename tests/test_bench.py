@@ -37,6 +37,13 @@ def test_bench_refuses_bad_counts(model_path, capsys, flag):
     assert "error" in capsys.readouterr().err
 
 
+def test_vs_llama_cpp_without_llama_cpp_python_says_what_to_install(model_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the bench extra were missing
+    assert main(["bench", str(model_path), "-p", "4", "-n", "2", "--vs-llama-cpp"]) == 2
+    err = capsys.readouterr().err
+    assert "edgellm[bench]" in err and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_first_run_announces_compiling_and_second_does_not(tmp_path, model_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}

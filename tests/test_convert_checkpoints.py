@@ -164,24 +164,10 @@ def permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def llama_cpp_model(path, **kwargs):
-    """llama_cpp.Llama for `path`, its weights in plain CPU buffers rather than llama.cpp's "extra"
-    AMX/repacked ones: those die with an illegal instruction on VMs that advertise AMX without
-    enabling it, and they compute the same model."""
-    import llama_cpp
-    import llama_cpp.llama_cpp as lib
+    """llama_cpp.Llama for `path`, its weights in plain CPU buffers (see edgellm.bench)."""
+    from edgellm.bench import open_llama_cpp
 
-    default = lib.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    lib.llama_model_default_params = params
-    try:
-        return llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
-    finally:
-        lib.llama_model_default_params = default
+    return open_llama_cpp(path, plain_buffers=True, **kwargs)
 
 
 def ggml_quantize(rows: np.ndarray, qtype) -> bytes:
