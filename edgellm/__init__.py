@@ -2,12 +2,50 @@
 
 import os as _os
 
-# Numba caches compiled kernels next to their source by default, which is read-only in a system
-# site-packages; keep the cache in a per-user folder instead (compiled once, reused by every run).
-_os.environ.setdefault(
-    "NUMBA_CACHE_DIR",
-    _os.path.join(_os.environ.get("XDG_CACHE_HOME") or _os.path.expanduser("~/.cache"), "edgellm", "numba"),
-)
+
+def _numba_cache_dir() -> str:
+    """A per-user folder for Numba's compiled kernels, one per version of their source.
+
+    Numba's default cache lives next to the source, which is read-only in a system site-packages.
+    And Numba checks only the file of a cached function for changes, not the files of what it
+    calls: a kernel calling an edited team.py or simd.py would keep its old machine code. So the
+    folder is named after a digest of all the compiled code's source (edgellm/ and kernels/,
+    ~1 ms to read): any edit, upgrade or checkout compiles afresh. Folders of other versions
+    unused for a day are removed.
+    """
+    import hashlib
+    import shutil
+    import time
+
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    folders = [here]
+    try:  # the kernels install as edgellm.kernels; in a source checkout they sit in ../kernels
+        from importlib.util import find_spec
+
+        spec = find_spec("edgellm.kernels")
+        folders += list(spec.submodule_search_locations or []) if spec else []
+    except (ImportError, ValueError):
+        pass
+    digest = hashlib.sha1()
+    for folder in folders:
+        for name in sorted(_os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(_os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
+    root = _os.path.join(_os.environ.get("XDG_CACHE_HOME") or _os.path.expanduser("~/.cache"), "edgellm", "numba")
+    current = _os.path.join(root, digest.hexdigest()[:16])
+    try:
+        for name in _os.listdir(root):
+            other = _os.path.join(root, name)
+            if other != current and time.time() - _os.path.getmtime(other) > 86400:
+                shutil.rmtree(other, ignore_errors=True)
+    except OSError:
+        pass
+    return current
+
+
+if "NUMBA_CACHE_DIR" not in _os.environ:
+    _os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()
 
 __version__ = "0.1.0"
 

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from edgellm.default_model import default_model_path
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
+from edgellm.kernels import set_num_threads
 from edgellm.kv_cache import KVCache
 from edgellm.models import ARCHITECTURES
 from edgellm.sampling import Sampler, SamplingParams
@@ -84,7 +84,7 @@ class LLM:
         self.threads = threads or physical_cores()
         if self.threads < 1:
             raise EdgeLLMError(f"threads must be >= 1, got {threads}")
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        set_num_threads(self.threads)
         self._blas = ThreadpoolController()
         self.kv_type = kv_type
         self.kv_cache = KVCache(self.hparams, self.n_ctx, kv_type)

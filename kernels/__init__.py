@@ -6,9 +6,11 @@ feature, n_cols values) and its ggml type as an int (`gguf.GGMLQuantizationType`
     dequantize(data, ggml_type, n_cols)         -> float32 [rows, n_cols]
     get_rows(data, ggml_type, n_cols, row_ids)  -> float32 [len(row_ids), n_cols]
     matmul(x, data, ggml_type, n_cols, out=None) -> float32 [n, rows] = x @ W.T
-    matmul_group(x, [Weight(data, ggml_type, n_cols), ...]) -> [x @ W.T, ...]  (one parallel loop)
+    matmul_group(x, [Weight(data, ggml_type, n_cols), ...]) -> [x @ W.T, ...]  (one parallel job)
+    WeightGroup([Weight, ...]).matmul(x)        the same, laid out once for repeated calls
 
-Threads: numba's (set with numba.set_num_threads) for the kernels, numpy's BLAS for prefill.
+Threads (set_num_threads): a decode team (team.py), numba's parallel loops and a pool of
+prefill workers around single-threaded BLAS.
 """
 
 import os
@@ -21,19 +23,23 @@ import os
 # the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .dispatch import SUPPORTED_TYPES, Weight, dequantize, get_rows, matmul, matmul_group  # noqa: E402
+from .dispatch import (  # noqa: E402
+    SUPPORTED_TYPES, Weight, WeightGroup, dequantize, get_rows, matmul, matmul_group, set_num_threads,
+)
 
-__all__ = ["SUPPORTED_TYPES", "Weight", "dequantize", "get_rows", "matmul", "matmul_group", "needs_compiling"]
+__all__ = ["SUPPORTED_TYPES", "Weight", "WeightGroup", "dequantize", "get_rows", "matmul", "matmul_group",
+           "needs_compiling", "set_num_threads"]
 
 
 def needs_compiling() -> bool:
     """True when the kernels a forward pass runs have no machine code in numba's disk cache yet
     (a fresh install, or an upgrade changed their source): the first pass will compile them for
     several seconds, which a front end should announce."""
-    from . import dispatch, matvec, nn
+    from . import dispatch, nn, team
 
     try:
         return any(not kernel._cache._cache_file._load_index()
-                   for kernel in (dispatch.dequantize_rows_serial, matvec.matvec, nn._rms_norm_rows, nn._attention_few))
+                   for kernel in (dispatch.dequantize_rows_serial, dispatch._weights_job, team.worker_loop,
+                                  nn._rms_norm_rows, nn._attend_job))
     except (AttributeError, OSError):  # numba's cache internals moved: say nothing
         return False

@@ -38,7 +38,10 @@ from .floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
 from .kquants import (
     QK_K, dequantize_block_q4_k, dequantize_block_q5_k, dequantize_block_q6_k,
 )
-from .matvec import f16_table, matvec
+from . import jobs
+from .gemm import GROUP_ROWS
+from .matvec import f16_table, quantize_x, quantize_x16
+from .team import run_job, team
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
     dequantize_block_q5_1, dequantize_block_q8_0,
@@ -50,6 +53,7 @@ Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1
 Q4_K, Q5_K, Q6_K = int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
 
 SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K})
+FLOAT_TYPES = frozenset({F32, F16, BF16})
 
 # At most this many x rows go through the for_rows dots; more go through BLAS.
 MATVEC_MAX_ROWS = 8
@@ -120,8 +124,13 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 _F16 = f16_table()
-GROUP = 3  # weights per matvec call (Q, K, V)
+GROUP = jobs.GROUP  # weights per matvec job (Q, K, V)
 _NO_ROWS = _readonly(np.empty((0, 34), np.uint8))  # the padding weight
+# A matvec work item reads at least MIN_ITEM_BYTES of weights, and a weight is cut into at most
+# ITEMS_PER_THREAD items per thread: claiming an item moves a cache line between cores (~0.3 us on
+# a VM), so a 178 MB output projection in 32 KB items lost 4 ms to claims.
+MIN_ITEM_BYTES = 16 << 10
+ITEMS_PER_THREAD = 8
 
 
 def _check(data: np.ndarray, ggml_type: int, n_cols: int) -> tuple[np.ndarray, int]:
@@ -179,25 +188,104 @@ def _x_rows(x: np.ndarray, n_cols: int) -> np.ndarray:
     return x
 
 
+class WeightGroup:
+    """Weights multiplied by the same x (Q, K and V; gate and up), checked and laid out for the
+    kernels once: `matmul(x)` -> [x @ W.T for each W]. For a few x rows (decode) all their rows
+    are one team job."""
+
+    def __init__(self, weights: list[Weight]):
+        self.weights = list(weights)
+        self.n_cols = n_cols = self.weights[0].n_cols
+        if any(w.n_cols != n_cols for w in self.weights):
+            raise ValueError("matmul_group: the weights must have the same number of columns")
+        # More than GROUP weights: several jobs. Fewer: padded with empty weights, so that one
+        # compiled job serves every count.
+        self.parts = [self.weights[i : i + GROUP] for i in range(0, len(self.weights), GROUP)]
+        self.jobs = []
+        for part in self.parts:
+            pad = GROUP - len(part)
+            self.jobs.append((tuple(w.data for w in part) + (_NO_ROWS,) * pad,
+                              np.array([w.ggml_type for w in part] + [Q8_0] * pad, np.int64), pad))
+        # The row dots take 32 values at a time: float rows of other widths go through BLAS.
+        self.matvec = n_cols % 32 == 0
+        # Many x rows: quantized weights go through the 8-bit GEMM (gemm.py), float ones BLAS.
+        self.quantized = all(w.ggml_type not in FLOAT_TYPES for w in self.weights)
+
+    def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones)."""
+        x = _x_rows(x, self.n_cols)
+        n = x.shape[0]
+        if outs is None:
+            outs = [np.empty((n, w.rows), np.float32) for w in self.weights]
+        if n == 0 or not self.matvec or (n > MATVEC_MAX_ROWS and not self.quantized):
+            return [_matmul_many_rows(x, w, out) for w, out in zip(self.weights, outs)]
+        kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM
+        t = current_team()
+        ys = []
+        for i, (part, (data, types, pad)) in enumerate(zip(self.parts, self.jobs)):
+            outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
+            with t.lock:
+                asleep = _weights_job(t.ctl, t.desc, kind, data, types, x, _F16, outs_part, t.n_threads)
+            if asleep:
+                t.wake()
+            ys += outs_part[: len(part)]
+        return ys
+
+
 def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:
-    """[x @ W.T for W in weights], x float32 [n, n_cols]: each float32 [n, rows_W]. The weights
-    share n_cols; for a few x rows (decode) all their rows run in one parallel loop."""
-    n_cols = weights[0].n_cols
-    if any(w.n_cols != n_cols for w in weights):
-        raise ValueError("matmul_group: the weights must have the same number of columns")
-    x = _x_rows(x, n_cols)
-    n = x.shape[0]
-    # The row dots take 32 values at a time: float rows of other widths go through BLAS.
-    if not 0 < n <= MATVEC_MAX_ROWS or n_cols % 32:
-        return [_matmul_many_rows(x, w, np.empty((n, w.rows), np.float32)) for w in weights]
-    if len(weights) > GROUP:
-        return matmul_group(x, weights[:GROUP]) + matmul_group(x, weights[GROUP:])
-    # Always GROUP weights (padded with empty ones): one compiled matvec instead of one per count.
-    pad = GROUP - len(weights)
-    outs = tuple(np.empty((n, w.rows), np.float32) for w in weights) + (np.empty((n, 0), np.float32),) * pad
-    types = np.array([w.ggml_type for w in weights] + [Q8_0] * pad, np.int64)
-    matvec(tuple(w.data for w in weights) + (_NO_ROWS,) * pad, types, x, _F16, outs)
-    return list(outs[: len(weights)])
+    """[x @ W.T for W in weights], x float32 [n, n_cols]: each float32 [n, rows_W] (WeightGroup
+    once, for weights multiplied again and again)."""
+    return WeightGroup(weights).matmul(x)
+
+
+_current: list = []  # [the team for the thread count set last]
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for every kernel: numba's parallel loops, the prefill pool and the decode team."""
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    _current[:] = [team(n)]
+
+
+def current_team():
+    if not _current:
+        _current.append(team(numba.get_num_threads()))
+    return _current[0]
+
+
+@njit(cache=True, nogil=True)
+def _weights_job(ctl, desc, kind, weights, types, x, f16, outs, n_threads):
+    """outs[w] = x @ weights[w].T as one team job: jobs.MATVEC for a few x rows (x in 8-bit
+    codes), jobs.GEMM for many (16-bit codes); returns run_job's count of sleeping workers."""
+    if kind == jobs.GEMM:  # the quantized x lives as an argument: until every item has read it
+        return _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, *quantize_x16(x))
+    return _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, *quantize_x(x))
+
+
+@njit(cache=True, nogil=True)
+def _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, xq, xd, xs32, xs16):
+    n, n_cols = x.shape
+    desc[jobs.KIND] = kind
+    desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
+    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, xq.ctypes.data, xd.ctypes.data
+    desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
+    desc[jobs.MV_F16] = f16.ctypes.data
+    desc[jobs.MV_WEIGHTS] = len(weights)
+    items = 0
+    for w in range(len(weights)):
+        data = weights[w]
+        rows, row_bytes = data.shape
+        if kind == jobs.GEMM:  # whole panels of rows; several per item if there are many
+            item_rows = GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
+        else:
+            item_rows = max(-(-MIN_ITEM_BYTES // max(row_bytes, 1)), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+        f = jobs.MV_W0 + jobs.MV_W_FIELDS * w
+        desc[f + jobs.W_DATA], desc[f + jobs.W_ROWS], desc[f + jobs.W_ROW_BYTES] = data.ctypes.data, rows, row_bytes
+        desc[f + jobs.W_TYPE], desc[f + jobs.W_OUT] = types[w], outs[w].ctypes.data
+        desc[f + jobs.W_FIRST_ITEM], desc[f + jobs.W_ITEM_ROWS] = items, item_rows
+        items += -(-rows // item_rows)
+    desc[jobs.N_ITEMS] = items
+    return run_job(ctl, desc)
 
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
@@ -263,10 +351,4 @@ def matmul(x: np.ndarray, data: np.ndarray, ggml_type: int, n_cols: int,
     n = x.shape[0]
     if out is not None and (out.shape != (n, w.rows) or out.dtype != np.float32 or not out.flags.c_contiguous):
         raise ValueError(f"out must be C-contiguous float32 [{n}, {w.rows}]")
-    if 0 < n <= MATVEC_MAX_ROWS:
-        (y,) = matmul_group(x, [w])
-        if out is None:
-            return y
-        out[:] = y
-        return out
-    return _matmul_many_rows(x, w, out if out is not None else np.empty((n, w.rows), np.float32))
+    return WeightGroup([w]).matmul(x, None if out is None else [out])[0]

@@ -1,26 +1,25 @@
 """Decode: y = W @ x for a few x rows, one pass over the quantized bytes of W.
 
-Every type goes through its explicit-SIMD row dot in simd.py. `matvec` runs the rows of up to
-three weights (Q, K and V; gate and up) in one parallel loop, so that one wake-up of the worker
-threads serves them all.
+Every type goes through its explicit-SIMD row dot in simd.py, the quantized ones against x
+quantized to 8 bits once per mat-vec (quantize_x); `matvec_rows` runs a range of rows, the work
+item that the thread team (team.py) hands out, several weights' rows (Q, K and V; gate and up)
+in one job.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .simd import (
     dot_bf16, dot_f16, dot_f32, dot_q4_0, dot_q4_1, dot_q4_k, dot_q5_0, dot_q5_1, dot_q5_k, dot_q6_k,
-    dot_q8_0,
+    dot_q8_0, quantize_row_8, quantize_row_16,
 )
 
 # Same ints as in dispatch.py (gguf.GGMLQuantizationType).
 F32, F16, BF16 = 0, 1, 30
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 2, 3, 6, 7, 8
 Q4_K, Q5_K, Q6_K = 12, 13, 14
-
-CHUNK_ROWS = 32  # rows per parallel work item
 
 
 def f16_table() -> np.ndarray:
@@ -31,60 +30,63 @@ def f16_table() -> np.ndarray:
 
 
 @njit(cache=True)
-def dot_row(row, ggml_type, x, xs32, xs16, f16):
-    """One row of raw blocks of ggml_type times x: float32 [n_cols]."""
+def dot_row(row, ggml_type, x, xq, xd, xs32, xs16, f16):
+    """One row of raw blocks of ggml_type times x (float32 [n_cols]; quantize_x gives the rest)."""
     if ggml_type == Q8_0:
-        return dot_q8_0(row, x, xs32, xs16, f16)
+        return dot_q8_0(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q4_0:
-        return dot_q4_0(row, x, xs32, xs16, f16)
+        return dot_q4_0(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q4_1:
-        return dot_q4_1(row, x, xs32, xs16, f16)
+        return dot_q4_1(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q5_0:
-        return dot_q5_0(row, x, xs32, xs16, f16)
+        return dot_q5_0(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q5_1:
-        return dot_q5_1(row, x, xs32, xs16, f16)
+        return dot_q5_1(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q4_K:
-        return dot_q4_k(row, x, xs32, xs16, f16)
+        return dot_q4_k(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q5_K:
-        return dot_q5_k(row, x, xs32, xs16, f16)
+        return dot_q5_k(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == Q6_K:
-        return dot_q6_k(row, x, xs32, xs16, f16)
+        return dot_q6_k(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == F16:
-        return dot_f16(row, x, xs32, xs16, f16)
+        return dot_f16(row, x, xq, xd, xs32, xs16, f16)
     if ggml_type == BF16:
-        return dot_bf16(row, x, xs32, xs16, f16)
-    return dot_f32(row, x, xs32, xs16, f16)
+        return dot_bf16(row, x, xq, xd, xs32, xs16, f16)
+    return dot_f32(row, x, xq, xd, xs32, xs16, f16)
 
 
-@njit(cache=True)
-def block_sums(x, size):
-    """float32 [n, n_cols / size]: x [n, n_cols] summed over each block of `size` values."""
+@njit(cache=True, nogil=True)
+def quantize_x(x):
+    """x float32 [n, n_cols] (n_cols a multiple of 32) -> (xq int8 [n, n_cols], xd float32
+    [n, n_cols / 32], xs32 float32 [n, n_cols / 32], xs16 float32 [n, n_cols / 16]): per block
+    of 32, xd = max |x| / 127 and xq = round(x / xd), so xq * xd is x to half a step; xs32 and
+    xs16 are the sums of xq * xd over each 32 and 16 values (the quantized types' offsets)."""
     n, n_cols = x.shape
-    sums = np.zeros((n, n_cols // size), np.float32)
+    xq = np.empty((n, n_cols), np.int8)
+    xd, xs32 = np.empty((n, n_cols // 32), np.float32), np.empty((n, n_cols // 32), np.float32)
+    xs16 = np.empty((n, n_cols // 16), np.float32)
     for k in range(n):
-        for j in range(n_cols):
-            sums[k, j // size] += x[k, j]
-    return sums
+        quantize_row_8(x[k], xq[k], xd[k], xs32[k], xs16[k])
+    return xq, xd, xs32, xs16
 
 
-@njit(cache=True, parallel=True)
-def matvec(weights, types, x, f16, outs):
-    """outs[w][k, r] = row r of weights[w] (of type types[w]) . x[k], for every weight w.
+@njit(cache=True, nogil=True)
+def quantize_x16(x):
+    """quantize_x with 16-bit codes (xd = max |x| / 32767): the prefill GEMM's x."""
+    n, n_cols = x.shape
+    xq = np.empty((n, n_cols), np.int16)
+    xd, xs32 = np.empty((n, n_cols // 32), np.float32), np.empty((n, n_cols // 32), np.float32)
+    xs16 = np.empty((n, n_cols // 16), np.float32)
+    for k in range(n):
+        quantize_row_16(x[k], xq[k], xd[k], xs32[k], xs16[k])
+    return xq, xd, xs32, xs16
 
-    weights: tuple of uint8 [rows_w, row_bytes_w], all with n_cols values per row (a multiple
-    of 32); x float32 [n, n_cols]; outs: tuple of float32 [n, rows_w].
-    """
-    xs32, xs16 = block_sums(x, 32), block_sums(x, 16)
-    n_w = len(weights)
-    first_chunk = np.zeros(n_w + 1, np.int64)  # weight w owns chunks first_chunk[w]..[w + 1]
-    for w in range(n_w):
-        first_chunk[w + 1] = first_chunk[w] + (weights[w].shape[0] + CHUNK_ROWS - 1) // CHUNK_ROWS
-    for c in prange(first_chunk[n_w]):
-        w = 0
-        while c >= first_chunk[w + 1]:
-            w += 1
-        data, out, ggml_type = weights[w], outs[w], types[w]
-        start = (c - first_chunk[w]) * CHUNK_ROWS
-        for r in range(start, min(data.shape[0], start + CHUNK_ROWS)):
-            for k in range(x.shape[0]):
-                out[k, r] = dot_row(data[r], ggml_type, x[k], xs32[k], xs16[k], f16)
+
+@njit(cache=True, nogil=True)
+def matvec_rows(data, ggml_type, x, xq, xd, xs32, xs16, f16, out, start, stop):
+    """out[k, r] = row r of data (of ggml_type) . x[k] for rows start..stop: one work item of a
+    team job (jobs.py). data uint8 [rows, row_bytes]; x float32 [n, n_cols] and its quantized
+    form (quantize_x); out float32 [n, rows]."""
+    for r in range(start, stop):
+        for k in range(x.shape[0]):
+            out[k, r] = dot_row(data[r], ggml_type, x[k], xq[k], xd[k], xs32[k], xs16[k], f16)

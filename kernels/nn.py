@@ -13,7 +13,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .dispatch import parallel_map
+from . import jobs
+from .dispatch import current_team, parallel_map
+from .simd import exp_inplace
+from .team import run_job
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
 ROPE_NEOX = 2  # rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3
@@ -28,14 +31,20 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _sum_squares(row):
+    """sum of row^2 in double (fast-math: the double lanes may add in any order)."""
+    total = 0.0
+    for j in range(row.shape[0]):
+        total += np.float64(row[j]) * np.float64(row[j])
+    return total
+
+
+@njit(cache=True, nogil=True)
 def _rms_norm_rows(x, weight, eps, out):
     d = x.shape[1]
     for i in range(x.shape[0]):
-        sum_sq = 0.0
-        for j in range(d):
-            sum_sq += np.float64(x[i, j]) * np.float64(x[i, j])
-        scale = np.float32(1.0) / np.sqrt(np.float32(sum_sq / d) + eps)
+        scale = np.float32(1.0) / np.sqrt(np.float32(_sum_squares(x[i]) / d) + eps)
         for j in range(d):
             out[i, j] = (x[i, j] * scale) * weight[j]
 
@@ -44,20 +53,67 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU with the tanh approximation (ggml_gelu, PyTorch's gelu(approximate="tanh"))."""
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    out = np.empty_like(flat)
-    _gelu_tanh(flat, out)
-    return out.reshape(x.shape)
+def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up: the llama FFN's gated activation."""
+    return silu(gate) * up
 
 
-@njit(cache=True, parallel=True)
-def _gelu_tanh(x, out):
+def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) * up in one pass (Gemma's GEGLU, ggml_geglu)."""
+    g = np.ascontiguousarray(gate, dtype=np.float32).reshape(-1)
+    u = np.ascontiguousarray(up, dtype=np.float32).reshape(-1)
+    out = np.empty_like(g)
+    (_gelu_mul if g.size <= SERIAL_ELEMENTS else _gelu_mul_parallel)(g, u, out)
+    return out.reshape(gate.shape)
+
+
+SERIAL_ELEMENTS = 1 << 16  # up to this many values (a decode step), on this thread
+
+
+# tanh(v) for float32 as v * P(v^2) / Q(v^2), the minimax rational fit Eigen uses (within a few
+# ulp on [-7.905, 7.905], where float32 tanh has reached +-1): plain arithmetic, so the loops
+# below vectorize, where np.tanh is a scalar libm call per value (a prefill's 19M GELUs took
+# 0.17 s of 1.4).
+TANH_CLAMP = 7.90531110763549805
+TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+          -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
+TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
+
+
+@njit(cache=True, inline="always")
+def _tanh(v):
+    c = np.float32(TANH_CLAMP)
+    v = c if v > c else (-c if v < -c else v)
+    v2 = v * v
+    p = np.float32(TANH_P[6]) * v2 + np.float32(TANH_P[5])
+    p = p * v2 + np.float32(TANH_P[4])
+    p = p * v2 + np.float32(TANH_P[3])
+    p = p * v2 + np.float32(TANH_P[2])
+    p = p * v2 + np.float32(TANH_P[1])
+    p = p * v2 + np.float32(TANH_P[0])
+    q = np.float32(TANH_Q[3]) * v2 + np.float32(TANH_Q[2])
+    q = q * v2 + np.float32(TANH_Q[1])
+    q = q * v2 + np.float32(TANH_Q[0])
+    return v * p / q
+
+
+@njit(cache=True, inline="always")
+def _gelu_one(v):
     c = np.float32(math.sqrt(2.0 / math.pi))
-    for i in prange(x.shape[0]):
-        v = x[i]
-        out[i] = np.float32(0.5) * v * (np.float32(1.0) + np.tanh(c * (v + np.float32(0.044715) * v * v * v)))
+    return np.float32(0.5) * v * (np.float32(1.0) + _tanh(c * (v + np.float32(0.044715) * v * v * v)))
+
+
+# error_model="numpy": no ZeroDivisionError check on p / q, which would keep the loops scalar
+@njit(cache=True, nogil=True, error_model="numpy")
+def _gelu_mul(g, u, out):
+    for i in range(g.shape[0]):
+        out[i] = _gelu_one(g[i]) * u[i]
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _gelu_mul_parallel(g, u, out):
+    for i in prange(g.shape[0]):
+        out[i] = _gelu_one(g[i]) * u[i]
 
 
 def rope_tables(
@@ -73,18 +129,32 @@ def rope_tables(
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, mode: int) -> np.ndarray:
-    """Rotate x [n, n_heads, hd] in place by per-position angles (cos/sin [n, n_rot/2])."""
-    half = cos.shape[1]
-    c, s = cos[:, None, :], sin[:, None, :]
-    if mode == ROPE_NEOX:
-        a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
-        x[..., :half] = a * c - b * s
-        x[..., half : 2 * half] = b * c + a * s
-    else:
-        a, b = x[..., 0 : 2 * half : 2].copy(), x[..., 1 : 2 * half : 2].copy()
-        x[..., 0 : 2 * half : 2] = a * c - b * s
-        x[..., 1 : 2 * half : 2] = b * c + a * s
+    """Rotate x [n, n_heads, hd] in place by per-position angles: cos/sin [n, n_rot/2] (or [1,
+    n_rot/2]: the same angles for every row)."""
+    work = x if x.flags.c_contiguous and x.dtype == np.float32 else np.ascontiguousarray(x, dtype=np.float32)
+    _rope(work, np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32),
+          mode == ROPE_NEOX)
+    if work is not x:
+        x[...] = work
     return x
+
+
+@njit(cache=True, nogil=True)
+def _rope(x, cos, sin, neox):
+    n, heads, _ = x.shape
+    half = cos.shape[1]
+    for i in range(n):
+        c, s = cos[i if cos.shape[0] > 1 else 0], sin[i if cos.shape[0] > 1 else 0]
+        for h in range(heads):
+            v = x[i, h]
+            if neox:  # pairs (j, j + half)
+                for j in range(half):
+                    a, b = v[j], v[j + half]
+                    v[j], v[j + half] = a * c[j] - b * s[j], b * c[j] + a * s[j]
+            else:  # pairs (2j, 2j + 1)
+                for j in range(half):
+                    a, b = v[2 * j], v[2 * j + 1]
+                    v[2 * j], v[2 * j + 1] = a * c[j] - b * s[j], b * c[j] + a * s[j]
 
 
 FEW_QUERIES = 8  # up to this many queries (decode), attention runs as a Numba loop
@@ -102,75 +172,94 @@ def attention(
     in blocks so that the score matrix stays small for long prompts.
     """
     if q.shape[0] <= FEW_QUERIES:
-        out = np.empty((q.shape[0], q.shape[1], v.shape[2]), np.float32)
-        _attention_few(np.ascontiguousarray(q, dtype=np.float32), k, v, q_pos, k_pos,
-                       np.float32(scale), window, out)
-        return out.reshape(q.shape[0], -1)
+        return _attention_few(q, k, v, q_pos, k_pos, scale, window)
     n, n_head, hd = q.shape
     n_kv, m, hd_v = v.shape
     group = n_head // n_kv
     out = np.empty((n, n_head, hd_v), dtype=np.float32)
 
+    # Keys in position order (a prompt, a full layer's cache): a query block reads only the keys
+    # it can see, half of them on average for a causal prompt, not all m.
+    in_order = m < 2 or bool(np.all(k_pos[1:] >= k_pos[:-1]))
+
     def one_block(item: tuple[int, int]) -> None:
         q0, h = item
         q1 = min(n, q0 + q_block)
-        qp = q_pos[q0:q1, None]
-        visible = (k_pos[None, :] >= 0) & (k_pos[None, :] <= qp)
-        if window > 0:
-            visible &= qp - k_pos[None, :] < window
+        lo, hi = 0, m
+        if in_order:
+            hi = int(np.searchsorted(k_pos, q_pos[q0:q1].max(), side="right"))
+            if window > 0:
+                lo = int(np.searchsorted(k_pos, q_pos[q0:q1].min() - window, side="right"))
+            lo = min(max(lo, int(np.searchsorted(k_pos, 0))), hi)  # empty slots (-1) first
         heads = slice(h * group, (h + 1) * group)
-        # one 2-D product per KV head: [(nq * group), hd] @ [hd, m]
+        if hi == lo:  # nothing visible (an empty cache slot range): attention gives zeros
+            out[q0:q1, heads, :] = 0.0
+            return
+        # one 2-D product per KV head: [(nq * group), hd] @ [hd, hi - lo]
         qh = np.ascontiguousarray(q[q0:q1, heads, :]).reshape(-1, hd)
-        scores = (qh @ k[h].T).reshape(q1 - q0, group, m)
-        scores *= np.float32(scale)
-        scores += np.where(visible, np.float32(0), np.float32(-np.inf))[:, None, :]
-        scores -= scores.max(axis=-1, keepdims=True)
-        # exp() of a score this far below the max would be a denormal, which the FPU
-        # handles ~100x slower; its weight is below float32 resolution anyway.
-        scores[scores < -80.0] = -np.inf
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        out[q0:q1, heads, :] = (scores.reshape(-1, m) @ v[h]).reshape(q1 - q0, group, hd_v)
+        scores = qh @ k[h, lo:hi].T
+        _softmax_rows(scores, q_pos[q0:q1], k_pos[lo:hi], np.float32(scale), window, group)
+        out[q0:q1, heads, :] = (scores @ v[h, lo:hi]).reshape(q1 - q0, group, hd_v)
 
     # blocks of queries x KV heads, spread over the kernels' threads (numpy drops the GIL)
     parallel_map(one_block, [(q0, h) for q0 in range(0, n, q_block) for h in range(n_kv)])
     return out.reshape(n, n_head * hd_v)
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc", "nsz", "contract"})
-def _attention_few(q, k, v, q_pos, k_pos, scale, window, out):
-    """attention() for a few queries, one (query, head) pair per parallel item: scores over the
-    visible slots, softmax, weighted sum of the values. out float32 [n, n_head, hd_v]."""
-    n, n_head, hd = q.shape
-    n_kv, m, hd_v = v.shape
-    group = n_head // n_kv
-    for item in prange(n * n_head):
-        i, h = item // n_head, item % n_head
-        kv = h // group
-        p = q_pos[i]
-        scores = np.empty(m, np.float32)
+@njit(cache=True, nogil=True, error_model="numpy")
+def _softmax_rows(scores, q_pos, k_pos, scale, window, group):
+    """In place: each row of scores [len(q_pos) * group, m] (row i: query i // group against the
+    keys at k_pos) becomes softmax(scale * row) over the keys that query sees."""
+    for i in range(scores.shape[0]):
+        p = q_pos[i // group]
+        row = scores[i]
         best = -np.inf
-        for s in range(m):
+        for s in range(row.shape[0]):
             ps = k_pos[s]
             if ps < 0 or ps > p or (window > 0 and p - ps >= window):
-                scores[s] = -np.inf
-                continue
-            acc = np.float32(0.0)
-            for j in range(hd):
-                acc += q[i, h, j] * k[kv, s, j]
-            scores[s] = acc * scale
-            best = max(best, scores[s])
+                row[s] = -np.inf
+            else:
+                row[s] *= scale
+                best = max(best, row[s])
+        for s in range(row.shape[0]):
+            row[s] -= best
+        exp_inplace(row)  # e^-inf and anything far below the max: 0
         total = np.float32(0.0)
-        for s in range(m):
-            # below the max by more than 80 the weight is under float32 resolution (and exp()
-            # would be a slow denormal)
-            e = np.float32(np.exp(scores[s] - best)) if scores[s] - best > -80.0 else np.float32(0.0)
-            scores[s] = e
-            total += e
-        o = out[i, h]
-        o[:] = 0.0
-        for s in range(m):
-            if scores[s] != 0.0:
-                w = scores[s] / total
-                for j in range(hd_v):
-                    o[j] += w * v[kv, s, j]
+        for s in range(row.shape[0]):
+            total += row[s]
+        inv = np.float32(1.0) / total
+        for s in range(row.shape[0]):
+            row[s] *= inv
+
+
+def _attention_few(q, k, v, q_pos, k_pos, scale, window) -> np.ndarray:
+    """attention() for a few queries (decode): one team job, an item per (query, head)."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    n, n_head, _ = q.shape
+    out = np.empty((n, n_head, v.shape[2]), np.float32)
+    if k.strides[1:] != (4 * k.shape[2], 4) or k.dtype != np.float32:
+        k = np.ascontiguousarray(k, dtype=np.float32)
+    if v.strides[1:] != (4 * v.shape[2], 4) or v.dtype != np.float32:
+        v = np.ascontiguousarray(v, dtype=np.float32)
+    scores = np.empty((n * n_head, k.shape[1]), np.float32)
+    t = current_team()
+    with t.lock:
+        asleep = _attend_job(t.ctl, t.desc, q, k, v, np.ascontiguousarray(q_pos, dtype=np.int64),
+                             np.ascontiguousarray(k_pos, dtype=np.int64), scale, window, scores, out)
+    if asleep:
+        t.wake()
+    return out.reshape(n, -1)
+
+
+@njit(cache=True, nogil=True)
+def _attend_job(ctl, desc, q, k, v, q_pos, k_pos, scale, window, scores, out):
+    n, n_head, hd = q.shape
+    desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.ATTEND, n * n_head
+    desc[jobs.AT_N], desc[jobs.AT_HEADS], desc[jobs.AT_HD], desc[jobs.AT_HD_V] = n, n_head, hd, v.shape[2]
+    desc[jobs.AT_KV_HEADS], desc[jobs.AT_M] = k.shape[0], k.shape[1]
+    desc[jobs.AT_Q], desc[jobs.AT_K], desc[jobs.AT_V] = q.ctypes.data, k.ctypes.data, v.ctypes.data
+    desc[jobs.AT_K_STRIDE], desc[jobs.AT_V_STRIDE] = k.strides[0] // 4, v.strides[0] // 4
+    desc[jobs.AT_QPOS], desc[jobs.AT_KPOS] = q_pos.ctypes.data, k_pos.ctypes.data
+    desc[jobs.AT_OUT], desc[jobs.AT_SCORES], desc[jobs.AT_WINDOW] = out.ctypes.data, scores.ctypes.data, window
+    desc[jobs.AT_SCALE:jobs.AT_SCALE + 1].view(np.float64)[0] = scale
+    return run_job(ctl, desc)

@@ -3,29 +3,35 @@
 Numba hands loops to LLVM's vectorizers, which do well on long loops and badly on the 16- and
 32-value loops inside quantized blocks: it either unrolls them into scalar code or vectorizes the
 loop over blocks with gathers, 4-10x slower. So the hot loop is emitted here directly through
-numba's @intrinsic with llvmlite: per block, load the packed integers as one vector, widen them
-to float32 lanes, multiply by the matching x values and add into a vector accumulator that lives
-in registers across the whole row; reduce it to one float once per row. LLVM lowers the generic
-vectors to whatever the CPU has (AVX-512, AVX2, NEON).
+numba's @intrinsic with llvmlite, keeping the accumulators in registers across the whole row.
 
-Per type, a block contributes
+Quantized rows meet x quantized to 8 bits, once per mat-vec (matvec.quantize_x), as llama.cpp
+does: xq int8 [n_cols] and xd float32 [n_cols / 32], one scale per 32 values (x ~ xq * xd), and
+xs32 / xs16, the sums of xq * xd over each 32 / 16 values. Per 32 weights, the block's unsigned
+integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the integer unit: 8
+int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; elsewhere plain vector
+integer math, which LLVM widens to multiply-adds). The lanes become floats once per block and
+are scaled by d_w * xd into a float accumulator. A block's offset or minimum never touches the
+lanes:
 
-    sum_j d * (q_j - z) * x_j  =  d * sum_j q_j x_j  -  d * z * sum_j x_j
+    sum_j d (u_j - z) xq_j xd  =  d xd sum_j u_j xq_j  -  d z xs32
 
-so offsets and minimums never touch the lanes: they multiply the sum of x over the block
-(`xs32`/`xs16`, computed once per x row) and go into a scalar accumulator.
+so -z (Q4_0's 8, Q5_0's 16, Q6_K's 32, Q8_0's 128) or the minimum multiplies xs32 / xs16 in a
+scalar accumulator. Each type says how its blocks unpack into codes, scales and offsets once
+(QUANT_TYPES: Sub); the decode row dots here and the prefill GEMM (gemm.py) share that. Float
+rows (F32, F16, BF16) take float32 x and 32 float lanes.
 
-Each intrinsic is `dot_<type>(row, x, xs32, xs16, f16)`: row uint8 [row_bytes] (the row's
-blocks), x float32 [n_cols], xs32/xs16 float32 [n_cols / 32 or / 16], f16 the float32 [65536]
-table of every f16 bit pattern (one load per scale, no conversion code).
-
-Numba's disk cache notices edits to the file of a cached function (matvec.py), not to this one:
-after changing an emitter here, delete ~/.cache/edgellm/numba (an install or upgrade rewrites
-every file, so users never meet a stale kernel).
+Each intrinsic is `dot_<type>(row, x, xq, xd, xs32, xs16, f16)`: row uint8 [row_bytes] (the
+row's blocks), x float32 [n_cols], xq/xd/xs32/xs16 as above, f16 the float32 [65536] table of
+every f16 bit pattern (one load per scale, no conversion code).
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -40,13 +46,33 @@ def vec(t, n):
 
 
 class Emitter:
-    """IR helpers over one call's arrays: loads at byte/element offsets, splats, lane math."""
+    """IR helpers over one call's arrays: loads at byte/element offsets, splats, lane math.
 
-    def __init__(self, context, builder, sig, args):
+    `row` (i8*) is the quantized row that bytes_at/uint_at/half_at read from; `f16` the f16
+    table; the rest are the call's other data pointers, by name."""
+
+    def __init__(self, context, builder, sig, args, names):
         self.b = builder
-        arrays = [cgutils.create_struct_proxy(t)(context, builder, value=v) for t, v in zip(sig.args, args)]
-        self.row, self.x, self.xs32, self.xs16, self.f16 = (a.data for a in arrays)
-        self.n_cols = builder.extract_value(arrays[1].shape, 0)  # x's length, i64
+        self.arrays = []
+        for name, t, v in zip(names, sig.args, args):
+            if isinstance(t, types.Array):
+                a = cgutils.create_struct_proxy(t)(context, builder, value=v)
+                self.arrays.append(a)
+                v = a.data
+            else:
+                self.arrays.append(None)
+            if name:
+                setattr(self, name, v)
+
+    def shape(self, i, dim=0):
+        """Dimension dim of the call's i-th array, i64."""
+        return self.b.extract_value(self.arrays[i].shape, dim)
+
+    def at_row(self, row):
+        """The same emitter reading another quantized row."""
+        other = copy.copy(self)
+        other.row = row
+        return other
 
     def gep(self, ptr, offset):
         return self.b.gep(ptr, [offset if isinstance(offset, ir.Value) else ir.Constant(I64, offset)])
@@ -124,116 +150,113 @@ class Emitter:
             v = self.fadd(lo, hi)
         return self.b.extract_element(v, ir.Constant(I32, 0))
 
-    def nibbles(self, q):
-        """<n x i8> -> (low nibbles, high nibbles) as <n x i32>."""
-        w = self.b.zext(q, vec(I32, q.type.count))
-        return self.b.and_(w, self.const(I32, q.type.count, 15)), self.b.lshr(w, self.const(I32, q.type.count, 4))
 
 
-LANES = 32  # the vector accumulator: 32 float32 lanes (2 AVX-512 / 4 AVX2 / 8 NEON registers)
-# Each block asks for the bytes this far ahead of it (llvm.prefetch): with the hardware
+ILANES = 8  # quantized rows: 8 int32 partial sums per 32 weights, 8 float lanes per accumulator
+LANES = 32  # float rows: a 32-lane float accumulator (2 AVX-512 / 4 AVX2 / 8 NEON registers)
+# Each step asks for the bytes this far ahead of it (llvm.prefetch): with the hardware
 # prefetcher alone a 178 MB Q8_0 mat-vec read 5.1-5.4 GB/s, with this 7.9-8.5 (Q5_0: 4.0 -> 4.9).
 PREFETCH_BYTES = 4096
 
-
-def _row_dot(block_values, block_bytes, emit_block):
-    """An intrinsic summing emit_block(e, b, acc, off) over the row's blocks (block_values values
-    in block_bytes bytes); emit_block returns the updated (vector acc, scalar off); the result is
-    their sum."""
-
-    def generic(typingctx, row, x, xs32, xs16, f16):
-        sig = types.float32(row, x, xs32, xs16, f16)
-
-        def codegen(context, builder, signature, args):
-            e = Emitter(context, builder, signature, args)
-            n_blocks = builder.udiv(e.n_cols, ir.Constant(I64, block_values))
-            acc = cgutils.alloca_once_value(builder, e.const(F32, LANES, 0.0))
-            off = cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0))
-            with cgutils.for_range(builder, n_blocks) as loop:
-                base = e.mul(loop.index, block_bytes)
-                for line in range(0, block_bytes, 64):
-                    e.prefetch(base, PREFETCH_BYTES + line)
-                a, o = emit_block(e, loop.index, builder.load(acc), builder.load(off))
-                builder.store(a, acc)
-                builder.store(o, off)
-            return e.fadd(e.reduce(builder.load(acc)), builder.load(off))
-
-        return sig, codegen
-
-    return intrinsic(generic)
+_FEATURES = llvm.get_host_cpu_features()
+_X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
+VNNI_512 = _X86 and bool(_FEATURES.get("avx512vnni"))
+VNNI = VNNI_512 and bool(_FEATURES.get("avx512vl")) or _X86 and bool(_FEATURES.get("avxvnni"))  # 256-bit forms
 
 
-# --- float rows, taken 32 values at a time ------------------------------------------------------
-def _f32(e, b, acc, off):
-    return e.fma(e.floats(e.b.bitcast(e.row, F32.as_pointer()), e.mul(b, 32), 32),
-                 e.floats(e.x, e.mul(b, 32), 32), acc), off
+def declare(module, name, ret, args):
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
 
 
-def _f16(e, b, acc, off):  # 32 values of f16: widened by the CPU's converter (F16C, NEON)
-    p = e.b.bitcast(e.gep(e.row, e.mul(b, 64)), vec(ir.HalfType(), 32).as_pointer())
-    w = e.b.fpext(e.b.load(p, align=1), vec(F32, 32))
-    return e.fma(w, e.floats(e.x, e.mul(b, 32), 32), acc), off
+def idot(e, u, q, acc=None):
+    """<8 x i32>: acc + (lane i = sum over j < 4 of u[4i + j] * q[4i + j]), for u <32 x i8>
+    unsigned codes and q <32 x i8> signed (|q| <= 127): exact, no overflow."""
+    b = e.b
+    acc = acc if acc is not None else e.const(I32, 8, 0)
+    if VNNI:
+        v8 = vec(I32, 8)
+        fn = declare(b.module, "llvm.x86.avx512.vpdpbusd.256", v8, [v8, v8, v8])
+        return b.call(fn, [acc, b.bitcast(u, v8), b.bitcast(q, v8)])
+    # Elsewhere plain integer vector math, which LLVM lowers to widening multiply-adds (AVX2:
+    # vpmaddwd on 16-bit lanes, exact; pmaddubsw would saturate at Q8_0's codes up to 255).
+    prod = b.mul(b.zext(u, vec(I32, 32)), b.sext(q, vec(I32, 32)))
+    parts = [b.shuffle_vector(prod, prod, e.const(I32, 8, list(range(j, 32, 4)))) for j in range(4)]
+    return b.add(acc, b.add(b.add(parts[0], parts[1]), b.add(parts[2], parts[3])))
 
 
-def _bf16(e, b, acc, off):  # 32 values of bf16: the top halves of float32s
-    p = e.b.bitcast(e.gep(e.row, e.mul(b, 64)), vec(I16, 32).as_pointer())
-    bits = e.b.shl(e.b.zext(e.b.load(p, align=1), vec(I32, 32)), e.const(I32, 32, 16))
-    w = e.b.bitcast(bits, vec(F32, 32))
-    return e.fma(w, e.floats(e.x, e.mul(b, 32), 32), acc), off
+def idot16(e, a, b, acc):
+    """<n x i32>: acc + (lane i = a[2i] * b[2i] + a[2i + 1] * b[2i + 1]) for a, b <n x i32>
+    (n = 8 or 16) holding pairs of signed 16-bit values (VNNI: vpdpwssd; elsewhere what LLVM
+    makes of a widening multiply-add, pmaddwd on x86)."""
+    bld = e.b
+    n = a.type.count
+    vn = vec(I32, n)
+    if VNNI_512 if n == 16 else VNNI:
+        fn = declare(bld.module, f"llvm.x86.avx512.vpdpwssd.{32 * n}", vn, [vn, vn, vn])
+        return bld.call(fn, [acc, a, b])
+    wide = [bld.sext(bld.bitcast(v, vec(I16, 2 * n)), vec(I32, 2 * n)) for v in (a, b)]
+    prod = bld.mul(wide[0], wide[1])
+    even = bld.shuffle_vector(prod, prod, e.const(I32, n, list(range(0, 2 * n, 2))))
+    odd = bld.shuffle_vector(prod, prod, e.const(I32, n, list(range(1, 2 * n, 2))))
+    return bld.add(acc, bld.add(even, odd))
 
 
-# --- the legacy blocks of 32 ---------------------------------------------------------------------
+# --- what a quantized type is, 32 values at a time ----------------------------------------------
+@dataclass
+class Sub:
+    """32 consecutive values of a row: value j = scale * u[j] + off / 32-ish, exactly
 
-def _q8_0(e, b, acc, off):  # 34 bytes: d f16 | q i8[32]
-    base = e.mul(b, 34)
-    q = e.to_float(e.b.sext(e.bytes_at(base, 2, 32), vec(I32, 32)))
-    prod = e.fmul(q, e.floats(e.x, e.mul(b, 32), 32))
-    return e.fma(e.splat(e.half_at(base, 0), LANES), prod, acc), off
+        sum_j value_j x_j = scale * (u . x) + off * (sum of x over the 32)
 
-
-def _nibble_block(e, b, q, qh=None):
-    """d-less sum lanes of a 32-value block from 16 nibble bytes (+ a 5th bit from qh):
-    value j in the low nibble of byte j, value j + 16 in the high nibble."""
-    lo, hi = e.nibbles(q)
-    if qh is not None:  # bit j of qh is bit 4 of value j
-        bits = e.splat(qh, 16)
-        lo = e.b.or_(lo, e.b.shl(e.b.and_(e.b.lshr(bits, e.const(I32, 16, list(range(16)))), e.const(I32, 16, 1)), e.const(I32, 16, 4)))
-        hi = e.b.or_(hi, e.b.shl(e.b.and_(e.b.lshr(bits, e.const(I32, 16, list(range(16, 32)))), e.const(I32, 16, 1)), e.const(I32, 16, 4)))
-    joined = e.b.shuffle_vector(e.to_float(lo), e.to_float(hi), e.const(I32, 32, list(range(32))))
-    return e.fmul(joined, e.floats(e.x, e.mul(b, 32), 32))
+    u: <32 x i8> unsigned codes; scale, off: float. Q6_K scales each 16 on its own: scale_hi
+    and off_hi (not None) are those of values 16-31, and off then goes with the sum of x over
+    values 0-15 only."""
+    u: ir.Value
+    scale: ir.Value
+    off: ir.Value | None = None
+    scale_hi: ir.Value | None = None
+    off_hi: ir.Value | None = None
 
 
-def _q4_0(e, b, acc, off):  # 18 bytes: d f16 | qs u8[16]; x = d * (q - 8)
-    base = e.mul(b, 18)
+def _nibbles(e, q):
+    """<n x i8> -> (low nibbles, high nibbles) as <n x i8>."""
+    n = q.type.count
+    return e.b.and_(q, e.const(I8, n, 15)), e.b.lshr(q, e.const(I8, n, 4))
+
+
+def _join(e, lo, hi):
+    """Two <16 x i8> as one <32 x i8>: lo's values first."""
+    return e.b.shuffle_vector(lo, hi, e.const(I32, 32, list(range(32))))
+
+
+def _fifth_bits(e, qh):
+    """<32 x i8>: 16 where bit j of the i32 qh is set, else 0 (a mask register on AVX-512)."""
+    mask = e.b.bitcast(qh, vec(ir.IntType(1), 32))
+    return e.b.select(mask, e.const(I8, 32, 16), e.const(I8, 32, 0))
+
+
+def _q8_0(e, base):  # 34 bytes: d f16 | w i8[32]; u = w + 128 (the sign bit flipped)
+    u = e.b.xor(e.bytes_at(base, 2, 32), e.const(I8, 32, -128))
     d = e.half_at(base, 0)
-    prod = _nibble_block(e, b, e.bytes_at(base, 2, 16))
-    off = e.fadd(off, e.fmul(e.fmul(d, ir.Constant(F32, -8.0)), e.scalar(e.xs32, b)))
-    return e.fma(e.splat(d, LANES), prod, acc), off
+    return [Sub(u, d, e.fmul(d, ir.Constant(F32, -128.0)))]
 
 
-def _q4_1(e, b, acc, off):  # 20 bytes: d f16 | m f16 | qs u8[16]; x = d * q + m
-    base = e.mul(b, 20)
-    prod = _nibble_block(e, b, e.bytes_at(base, 4, 16))
-    off = e.fadd(off, e.fmul(e.half_at(base, 2), e.scalar(e.xs32, b)))
-    return e.fma(e.splat(e.half_at(base, 0), LANES), prod, acc), off
+def _legacy(qs_at, qh_at=None, m_at=None, zero=0.0):
+    """Q4_0, Q4_1, Q5_0, Q5_1: d f16 at 0 (| m f16 at m_at) (| qh u32 at qh_at) | qs u8[16] at
+    qs_at; value j is the low nibble of qs[j], value j + 16 the high one (bit 4: bit j of qh);
+    x = d * (u - zero) (+ m)."""
 
+    def subs(e, base):
+        d = e.half_at(base, 0)
+        lo, hi = _nibbles(e, e.bytes_at(base, qs_at, 16))
+        u = _join(e, lo, hi)
+        if qh_at is not None:
+            u = e.b.or_(u, _fifth_bits(e, e.uint_at(base, qh_at, I32)))
+        off = e.half_at(base, m_at) if m_at is not None else e.fmul(d, ir.Constant(F32, -zero))
+        return [Sub(u, d, off)]
 
-def _q5_0(e, b, acc, off):  # 22 bytes: d f16 | qh u32 | qs u8[16]; x = d * (q - 16)
-    base = e.mul(b, 22)
-    d = e.half_at(base, 0)
-    prod = _nibble_block(e, b, e.bytes_at(base, 6, 16), e.uint_at(base, 2, I32))
-    off = e.fadd(off, e.fmul(e.fmul(d, ir.Constant(F32, -16.0)), e.scalar(e.xs32, b)))
-    return e.fma(e.splat(d, LANES), prod, acc), off
+    return subs
 
-
-def _q5_1(e, b, acc, off):  # 24 bytes: d f16 | m f16 | qh u32 | qs u8[16]; x = d * q + m
-    base = e.mul(b, 24)
-    prod = _nibble_block(e, b, e.bytes_at(base, 8, 16), e.uint_at(base, 4, I32))
-    off = e.fadd(off, e.fmul(e.half_at(base, 2), e.scalar(e.xs32, b)))
-    return e.fma(e.splat(e.half_at(base, 0), LANES), prod, acc), off
-
-
-# --- k-quants: super-blocks of 256 ---------------------------------------------------------------
 
 def _scale_min_k4(e, base, s):
     """(scale, min) of sub-block s as float32 from the 12 packed bytes at row + base + 4."""
@@ -250,76 +273,289 @@ def _scale_min_k4(e, base, s):
     return e.b.sitofp(sc, F32), e.b.sitofp(m, F32)
 
 
-def _k4_block(e, b, acc, off, block_bytes, qs_at, qh_at=None):
-    """Q4_K and Q5_K: x = d * sc_s * q - dmin * m_s over 8 sub-blocks of 32; sub-blocks 2i and
-    2i + 1 are the low and high nibbles of the 32 bytes qs[32i : 32i + 32] (Q5_K: bit 4 of value
-    l of sub-block s in bit s of qh[l])."""
-    base = e.mul(b, block_bytes)
-    d, dmin = e.half_at(base, 0), e.half_at(base, 2)
-    qh = e.b.zext(e.bytes_at(base, qh_at, 32), vec(I32, 32)) if qh_at is not None else None
-    mins = ir.Constant(F32, 0.0)
-    for i in range(4):
-        lo, hi = e.nibbles(e.bytes_at(base, qs_at + 32 * i, 32))
-        if qh is not None:
-            one = e.const(I32, 32, 1)
-            lo = e.b.or_(lo, e.b.shl(e.b.and_(e.b.lshr(qh, e.const(I32, 32, 2 * i)), one), e.const(I32, 32, 4)))
-            hi = e.b.or_(hi, e.b.shl(e.b.and_(e.b.lshr(qh, e.const(I32, 32, 2 * i + 1)), one), e.const(I32, 32, 4)))
-        x0 = e.floats(e.x, e.add(e.mul(b, 256), 64 * i), 32)
-        x1 = e.floats(e.x, e.add(e.mul(b, 256), 64 * i + 32), 32)
-        sc0, m0 = _scale_min_k4(e, base, 2 * i)
-        sc1, m1 = _scale_min_k4(e, base, 2 * i + 1)
-        acc = e.fma(e.splat(e.fmul(d, sc0), LANES), e.fmul(e.to_float(lo), x0), acc)
-        acc = e.fma(e.splat(e.fmul(d, sc1), LANES), e.fmul(e.to_float(hi), x1), acc)
-        sub = e.add(e.mul(b, 8), 2 * i)
-        mins = e.fadd(mins, e.fadd(e.fmul(m0, e.scalar(e.xs32, sub)), e.fmul(m1, e.scalar(e.xs32, e.add(sub, 1)))))
-    return acc, e.fadd(off, e.fmul(e.b.fneg(dmin), mins))
+def _k4(qs_at, qh_at=None):
+    """Q4_K (144 bytes: d | dmin | scales u8[12] | qs u8[128]) and Q5_K (176: ... | qh u8[32] at
+    16 | qs at 48): x = d * sc_s * u - dmin * m_s over 8 sub-blocks of 32; sub-blocks 2i and
+    2i + 1 are the low and high nibbles of qs[32i : 32i + 32] (Q5_K: bit 4 of value l of
+    sub-block s in bit s of qh[l])."""
+
+    def subs(e, base):
+        d, dmin = e.half_at(base, 0), e.half_at(base, 2)
+        qh = e.bytes_at(base, qh_at, 32) if qh_at is not None else None
+        out = []
+        for i in range(4):
+            lo, hi = _nibbles(e, e.bytes_at(base, qs_at + 32 * i, 32))
+            if qh is not None:
+                one, four = e.const(I8, 32, 1), e.const(I8, 32, 4)
+                lo = e.b.or_(lo, e.b.shl(e.b.and_(e.b.lshr(qh, e.const(I8, 32, 2 * i)), one), four))
+                hi = e.b.or_(hi, e.b.shl(e.b.and_(e.b.lshr(qh, e.const(I8, 32, 2 * i + 1)), one), four))
+            for j, u in enumerate((lo, hi)):
+                sc, m = _scale_min_k4(e, base, 2 * i + j)
+                out.append(Sub(u, e.fmul(d, sc), e.fmul(e.b.fneg(dmin), m)))
+        return out
+
+    return subs
 
 
-def _q4_k(e, b, acc, off):  # 144 bytes: d | dmin | scales u8[12] | qs u8[128]
-    return _k4_block(e, b, acc, off, 144, qs_at=16)
-
-
-def _q5_k(e, b, acc, off):  # 176 bytes: d | dmin | scales u8[12] | qh u8[32] | qs u8[128]
-    return _k4_block(e, b, acc, off, 176, qs_at=48, qh_at=16)
-
-
-def _q6_k(e, b, acc, off):
-    """210 bytes: ql u8[128] | qh u8[64] | scales i8[16] | d f16; x = d * sc * (q6 - 32) over 16
+def _q6_k(e, base):
+    """210 bytes: ql u8[128] | qh u8[64] | scales i8[16] | d f16; x = d * sc * (u - 32) over 16
     sub-blocks of 16. In half h, value l + 32g (l < 32) takes nibble g // 2 of ql[64h + 32(g % 2)
     + l] and bits 2g..2g+1 of qh[32h + l]; its scale is scales[8h + l // 16 + 2g]."""
-    base = e.mul(b, 210)
     d = e.half_at(base, 208)
-    three = e.const(I32, 32, 3)
-    # scales as floats, and the offsets: -32 * sum over sub-blocks of scale * sum of x
-    sc = e.to_float(e.b.sext(e.bytes_at(base, 192, 16), vec(I32, 16)))
-    zs = e.fmul(sc, e.floats(e.xs16, e.mul(b, 16), 16))
-    off = e.fadd(off, e.fmul(e.fmul(d, ir.Constant(F32, -32.0)), e.reduce(zs)))
-    sc_lanes = []
-    for s in range(16):
-        sc_lanes.append(e.b.extract_element(sc, ir.Constant(I32, s)))
-    block = e.const(F32, LANES, 0.0)
+    three, four = e.const(I8, 32, 3), e.const(I8, 32, 4)
+    out = []
     for h in range(2):
-        qh = e.b.zext(e.bytes_at(base, 128 + 32 * h, 32), vec(I32, 32))
-        ql0, ql1 = e.nibbles(e.bytes_at(base, 64 * h, 32)), e.nibbles(e.bytes_at(base, 64 * h + 32, 32))
+        qh = e.bytes_at(base, 128 + 32 * h, 32)
+        ql0, ql1 = _nibbles(e, e.bytes_at(base, 64 * h, 32)), _nibbles(e, e.bytes_at(base, 64 * h + 32, 32))
         for g, low4 in enumerate((ql0[0], ql1[0], ql0[1], ql1[1])):
-            high2 = e.b.and_(e.b.lshr(qh, e.const(I32, 32, 2 * g)), three)
-            q = e.to_float(e.b.or_(low4, e.b.shl(high2, e.const(I32, 32, 4))))
-            x = e.floats(e.x, e.add(e.mul(b, 256), 128 * h + 32 * g), 32)
-            s = 8 * h + 2 * g  # lanes 0-15 use scale s, lanes 16-31 scale s + 1
-            lo, hi = e.splat(sc_lanes[s], 16), e.splat(sc_lanes[s + 1], 16)
-            scale = e.b.shuffle_vector(lo, hi, e.const(I32, 32, list(range(32))))
-            block = e.fma(scale, e.fmul(q, x), block)
-    return e.fma(e.splat(d, LANES), block, acc), off
+            u = e.b.or_(low4, e.b.shl(e.b.and_(e.b.lshr(qh, e.const(I8, 32, 2 * g)), three), four))
+            s = 8 * h + 2 * g
+            lo = e.fmul(d, e.b.sitofp(e.b.sext(e.b.trunc(e.uint_at(base, 192 + s, I8), I8), I32), F32))
+            hi = e.fmul(d, e.b.sitofp(e.b.sext(e.b.trunc(e.uint_at(base, 193 + s, I8), I8), I32), F32))
+            m32 = ir.Constant(F32, -32.0)
+            out.append(Sub(u, lo, e.fmul(lo, m32), hi, e.fmul(hi, m32)))
+    return out
 
 
-dot_f32 = _row_dot(32, 128, _f32)
-dot_f16 = _row_dot(32, 64, _f16)
-dot_bf16 = _row_dot(32, 64, _bf16)
-dot_q8_0 = _row_dot(32, 34, _q8_0)
-dot_q4_0 = _row_dot(32, 18, _q4_0)
-dot_q4_1 = _row_dot(32, 20, _q4_1)
-dot_q5_0 = _row_dot(32, 22, _q5_0)
-dot_q5_1 = _row_dot(32, 24, _q5_1)
-dot_q4_k = _row_dot(256, 144, _q4_k)
-dot_q5_k = _row_dot(256, 176, _q5_k)
-dot_q6_k = _row_dot(256, 210, _q6_k)
+@dataclass(frozen=True)
+class QuantType:
+    """A quantized block format as the kernels see it: block_values values in block_bytes
+    bytes, unpacked by subs(e, base) into block_values / 32 Subs (base: the block's byte offset
+    in e.row). halves: its Subs scale each 16 values on their own (scale_hi, off_hi)."""
+    name: str
+    block_values: int
+    block_bytes: int
+    subs: object
+    halves: bool = False
+
+
+QUANT_TYPES = {
+    "q8_0": QuantType("q8_0", 32, 34, _q8_0),
+    "q4_0": QuantType("q4_0", 32, 18, _legacy(qs_at=2, zero=8.0)),
+    "q4_1": QuantType("q4_1", 32, 20, _legacy(qs_at=4, m_at=2)),
+    "q5_0": QuantType("q5_0", 32, 22, _legacy(qs_at=6, qh_at=2, zero=16.0)),
+    "q5_1": QuantType("q5_1", 32, 24, _legacy(qs_at=8, qh_at=4, m_at=2)),
+    "q4_k": QuantType("q4_k", 256, 144, _k4(qs_at=16)),
+    "q5_k": QuantType("q5_k", 256, 176, _k4(qs_at=48, qh_at=16)),
+    "q6_k": QuantType("q6_k", 256, 210, _q6_k, halves=True),
+}
+
+
+def lane_scales(e, sub, x_scale):
+    """<8 x float>: the float factor of each of idot's 8 lanes (lanes 0-3 are values 0-15)."""
+    if sub.scale_hi is None:
+        return e.splat(e.fmul(sub.scale, x_scale), ILANES)
+    lo, hi = e.splat(e.fmul(sub.scale, x_scale), 4), e.splat(e.fmul(sub.scale_hi, x_scale), 4)
+    return e.b.shuffle_vector(lo, hi, e.const(I32, ILANES, list(range(8))))
+
+
+# --- decode: one row . x --------------------------------------------------------------------------
+ROW_ARGS = ("row", "x", "xq", "xd", "xs32", "xs16", "f16")
+
+
+def _xq(e, v):
+    """<32 x i8>: xq[v : v + 32]."""
+    p = e.b.bitcast(e.gep(e.xq, v), vec(I8, 32).as_pointer())
+    return e.b.load(p, align=1)
+
+
+def _row_dot_quant(qt: QuantType):
+    """dot_<type>(row, x, xq, xd, xs32, xs16, f16) -> float32 for a quantized type: per Sub, 8
+    int32 lanes of u . xq, as floats times scale * xd into one of two accumulators (two FMA
+    chains), the offsets times the sums of x into two scalar ones. Blocks of 32 go two per
+    step."""
+    per_step = 2 if qt.block_values == 32 else 1
+
+    def generic(typingctx, row, x, xq, xd, xs32, xs16, f16):
+        sig = types.float32(row, x, xq, xd, xs32, xs16, f16)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args, ROW_ARGS)
+            n_blocks = builder.udiv(e.shape(1), ir.Constant(I64, qt.block_values))
+            accs = [cgutils.alloca_once_value(builder, e.const(F32, ILANES, 0.0)) for _ in range(2)]
+            offs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(2)]
+
+            def block(b, first_slot):
+                subs = qt.subs(e, e.mul(b, qt.block_bytes))
+                for i, sub in enumerate(subs):
+                    slot = (first_slot + i) % 2
+                    v = e.add(e.mul(b, len(subs)), i)  # this Sub's index among the row's 32s
+                    lanes = e.to_float(idot(e, sub.u, _xq(e, e.mul(v, 32))))
+                    scales = lane_scales(e, sub, e.scalar(e.xd, v))
+                    builder.store(e.fma(scales, lanes, builder.load(accs[slot])), accs[slot])
+                    off = builder.load(offs[slot])
+                    if sub.off_hi is not None:
+                        off = e.fma(sub.off, e.scalar(e.xs16, e.mul(v, 2)), off)
+                        off = e.fma(sub.off_hi, e.scalar(e.xs16, e.add(e.mul(v, 2), 1)), off)
+                    elif sub.off is not None:
+                        off = e.fma(sub.off, e.scalar(e.xs32, v), off)
+                    builder.store(off, offs[slot])
+
+            def prefetch(b, n):
+                for line in range(0, n * qt.block_bytes, 64):
+                    e.prefetch(e.mul(b, qt.block_bytes), PREFETCH_BYTES + line)
+
+            with cgutils.for_range(builder, builder.udiv(n_blocks, ir.Constant(I64, per_step))) as loop:
+                b = e.mul(loop.index, per_step)
+                prefetch(b, per_step)
+                for k in range(per_step):
+                    block(e.add(b, k), k)
+            if per_step == 2:
+                odd = builder.icmp_unsigned("!=", builder.urem(n_blocks, ir.Constant(I64, 2)), ir.Constant(I64, 0))
+                with builder.if_then(odd):
+                    block(builder.sub(n_blocks, ir.Constant(I64, 1)), 0)
+            total = e.reduce(e.fadd(builder.load(accs[0]), builder.load(accs[1])))
+            return e.fadd(total, e.fadd(builder.load(offs[0]), builder.load(offs[1])))
+
+        return sig, codegen
+
+    return intrinsic(generic)
+
+
+def _row_dot_float(block_bytes, widen):
+    """dot_f32/f16/bf16(row, x, ...) -> float32: 32 values per step, widened to float32 by
+    widen(e, b) and multiplied by x into a 32-lane accumulator."""
+
+    def generic(typingctx, row, x, xq, xd, xs32, xs16, f16):
+        sig = types.float32(row, x, xq, xd, xs32, xs16, f16)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args, ROW_ARGS)
+            acc = cgutils.alloca_once_value(builder, e.const(F32, LANES, 0.0))
+            with cgutils.for_range(builder, builder.udiv(e.shape(1), ir.Constant(I64, 32))) as loop:
+                b = loop.index
+                for line in range(0, block_bytes, 64):
+                    e.prefetch(e.mul(b, block_bytes), PREFETCH_BYTES + line)
+                w = widen(e, b)
+                builder.store(e.fma(w, e.floats(e.x, e.mul(b, 32), 32), builder.load(acc)), acc)
+            return e.reduce(builder.load(acc))
+
+        return sig, codegen
+
+    return intrinsic(generic)
+
+
+def _widen_f32(e, b):
+    return e.floats(e.b.bitcast(e.row, F32.as_pointer()), e.mul(b, 32), 32)
+
+
+def _widen_f16(e, b):  # by the CPU's converter (F16C, NEON)
+    p = e.b.bitcast(e.gep(e.row, e.mul(b, 64)), vec(ir.HalfType(), 32).as_pointer())
+    return e.b.fpext(e.b.load(p, align=1), vec(F32, 32))
+
+
+def _widen_bf16(e, b):  # bf16: the top halves of float32s
+    p = e.b.bitcast(e.gep(e.row, e.mul(b, 64)), vec(I16, 32).as_pointer())
+    bits = e.b.shl(e.b.zext(e.b.load(p, align=1), vec(I32, 32)), e.const(I32, 32, 16))
+    return e.b.bitcast(bits, vec(F32, 32))
+
+
+dot_f32 = _row_dot_float(128, _widen_f32)
+dot_f16 = _row_dot_float(64, _widen_f16)
+dot_bf16 = _row_dot_float(64, _widen_bf16)
+dot_q8_0 = _row_dot_quant(QUANT_TYPES["q8_0"])
+dot_q4_0 = _row_dot_quant(QUANT_TYPES["q4_0"])
+dot_q4_1 = _row_dot_quant(QUANT_TYPES["q4_1"])
+dot_q5_0 = _row_dot_quant(QUANT_TYPES["q5_0"])
+dot_q5_1 = _row_dot_quant(QUANT_TYPES["q5_1"])
+dot_q4_k = _row_dot_quant(QUANT_TYPES["q4_k"])
+dot_q5_k = _row_dot_quant(QUANT_TYPES["q5_k"])
+dot_q6_k = _row_dot_quant(QUANT_TYPES["q6_k"])
+
+
+# --- x to integers -------------------------------------------------------------------------------
+def _quantize_row(bits):
+    """quantize_row_<bits>(x, xq, xd, xs32, xs16): one row x float32 [n_cols] into codes xq
+    (int8 or int16 [n_cols]) with a scale per 32 values, xd = max |x| / (2^(bits-1) - 1), codes
+    round(x / xd) (halves to even); xs32 / xs16: sums of xd * codes over each 32 / 16."""
+    qmax = float((1 << (bits - 1)) - 1)
+    code_t = ir.IntType(bits)
+
+    def generic(typingctx, x, xq, xd, xs32, xs16):
+        sig = types.void(x, xq, xd, xs32, xs16)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args, ("x", "xq", "xd", "xs32", "xs16"))
+            b = builder
+            m = b.module
+            v32 = vec(F32, 32)
+            fabs = declare(m, "llvm.fabs.v32f32", v32, [v32])
+            rint = declare(m, "llvm.rint.v32f32", v32, [v32])
+            fmax = declare(m, "llvm.vector.reduce.fmax.v32f32", F32, [v32])
+            with cgutils.for_range(b, b.udiv(e.shape(0), ir.Constant(I64, 32))) as loop:
+                blk = loop.index
+                v = e.floats(e.x, e.mul(blk, 32), 32)
+                amax = b.call(fmax, [b.call(fabs, [v])])
+                positive = b.fcmp_ordered(">", amax, ir.Constant(F32, 0.0))
+                inv = b.select(positive, b.fdiv(ir.Constant(F32, qmax), amax), ir.Constant(F32, 0.0))
+                codes = b.call(rint, [b.fmul(v, e.splat(inv, 32))])  # exact, not fast-math
+                p = b.bitcast(e.gep(e.xq, e.mul(blk, 32)), vec(code_t, 32).as_pointer())
+                b.store(b.fptosi(codes, vec(code_t, 32)), p, align=1)
+                lo, hi = e.halves(codes)
+                lo, hi = e.reduce(lo), e.reduce(hi)  # sums of integers < 2^24: exact in any order
+                d = b.fdiv(amax, ir.Constant(F32, qmax))
+                b.store(d, e.gep(e.xd, blk))
+                b.store(b.fmul(d, b.fadd(lo, hi)), e.gep(e.xs32, blk))
+                b.store(b.fmul(d, lo), e.gep(e.xs16, e.mul(blk, 2)))
+                b.store(b.fmul(d, hi), e.gep(e.xs16, e.add(e.mul(blk, 2), 1)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(generic)
+
+
+quantize_row_8 = _quantize_row(8)
+quantize_row_16 = _quantize_row(16)
+
+
+# --- exp over arrays -----------------------------------------------------------------------------
+EXP_LANES = 16
+# e^x = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts,
+# so that r is exact), e^r by its degree-6 Taylor polynomial (error < 2e-7 relative on that range)
+LN2_HI, LN2_LO = 0.693359375, -2.12194440e-4
+EXP_POLY = (1.0, 1.0, 0.5, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720)
+# Below this, e^x is under float32 resolution against the row's largest term (1 after softmax's
+# shift) and would be a slow denormal: it is 0.
+EXP_ZERO_BELOW = -80.0
+
+
+def _exp_lanes(e, x):
+    """e^x for <16 x float> x <= 0-ish (softmax scores after the max is subtracted); 0 below
+    EXP_ZERO_BELOW (and for -inf)."""
+    b = e.b
+    n_lanes = x.type.count
+    vf = vec(F32, n_lanes)
+    floor = declare(b.module, f"llvm.floor.v{n_lanes}f32", vf, [vf])
+    clamped = b.select(b.fcmp_ordered("<", x, e.const(F32, n_lanes, EXP_ZERO_BELOW)), e.const(F32, n_lanes, EXP_ZERO_BELOW), x)
+    n = b.call(floor, [b.fadd(b.fmul(clamped, e.const(F32, n_lanes, 1.4426950408889634)), e.const(F32, n_lanes, 0.5))])
+    r = b.fsub(clamped, b.fmul(n, e.const(F32, n_lanes, LN2_HI)))
+    r = b.fsub(r, b.fmul(n, e.const(F32, n_lanes, LN2_LO)))
+    p = e.const(F32, n_lanes, EXP_POLY[-1])
+    for c in reversed(EXP_POLY[:-1]):
+        p = b.fadd(b.fmul(p, r), e.const(F32, n_lanes, c))
+    bits = b.shl(b.add(b.fptosi(n, vec(I32, n_lanes)), e.const(I32, n_lanes, 127)), e.const(I32, n_lanes, 23))
+    y = b.fmul(p, b.bitcast(bits, vf))
+    return b.select(b.fcmp_unordered("<", x, e.const(F32, n_lanes, EXP_ZERO_BELOW)), e.const(F32, n_lanes, 0.0), y)
+
+
+@intrinsic
+def exp_inplace(typingctx, a):
+    """a[:] = e^a (float32, 1-D, contiguous) with _exp_lanes, 16 values at a time (the tail
+    through a splat of each remaining value)."""
+    sig = types.void(a)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args, ("a",))
+        n = e.shape(0)
+        with cgutils.for_range(builder, builder.udiv(n, ir.Constant(I64, EXP_LANES))) as loop:
+            p = builder.bitcast(e.gep(e.a, e.mul(loop.index, EXP_LANES)), vec(F32, EXP_LANES).as_pointer())
+            builder.store(_exp_lanes(e, builder.load(p, align=4)), p, align=4)
+        done = e.mul(builder.udiv(n, ir.Constant(I64, EXP_LANES)), EXP_LANES)
+        with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+            p = e.gep(e.a, builder.add(done, loop.index))
+            one = _exp_lanes(e, e.splat(builder.load(p), EXP_LANES))
+            builder.store(builder.extract_element(one, ir.Constant(I32, 0)), p)
+        return context.get_dummy_value()
+
+    return sig, codegen

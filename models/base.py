@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
-from edgellm.kernels import Weight, get_rows, matmul_group
+from edgellm.kernels import Weight, WeightGroup, get_rows
 from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_tables
 from edgellm.sparse import sparse_weights
 
@@ -172,23 +172,31 @@ class Linear:
         # here and then handed to the kernels as is.
         self.sparse = weight if hasattr(weight, "matmul") else None
         self.weight = None if self.sparse is not None else Weight(weight.data, weight.ggml_type, weight.n_cols)
+        self.alone = LinearGroup((self,))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return linear_group(x, (self,))[0]
+        return self.alone(x)[0]
 
 
-def linear_group(x: np.ndarray, linears) -> list[np.ndarray]:
-    """[layer(x) for layer in linears] for layers reading the same x (Q, K, V; gate, up): dense
-    weights go to the kernels together, one parallel loop for all their rows."""
-    if any(layer.sparse is not None for layer in linears):
-        ys = [layer.sparse.matmul(x) if layer.sparse is not None else matmul_group(x, [layer.weight])[0]
-              for layer in linears]
-    else:
-        ys = matmul_group(x, [layer.weight for layer in linears])
-    for y, layer in zip(ys, linears):
-        if layer.bias is not None:
-            y += layer.bias
-    return ys
+class LinearGroup:
+    """Linears reading the same x (Q, K, V; gate, up): [layer(x) for layer in linears], dense
+    weights multiplied together (kernels.WeightGroup: one parallel job for all their rows)."""
+
+    def __init__(self, linears):
+        self.linears = tuple(linears)
+        dense = all(layer.sparse is None for layer in self.linears)
+        self.weights = WeightGroup([layer.weight for layer in self.linears]) if dense else None
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.weights is not None:
+            ys = self.weights.matmul(x)
+        else:
+            ys = [layer.sparse.matmul(x) if layer.sparse is not None else layer.alone(x)[0]
+                  for layer in self.linears]
+        for y, layer in zip(ys, self.linears):
+            if layer.bias is not None:
+                y += layer.bias
+        return ys
 
 
 class RopeMemo:
@@ -223,6 +231,7 @@ class Attention:
                          w.vector(p + "attn_v.bias", hp.n_head_kv * hdv, required=False))
         self.wo = Linear(w.get(p + "attn_output.weight", (d, hp.n_head * hdv)),
                          w.vector(p + "attn_output.bias", d, required=False))
+        self.qkv = LinearGroup((self.wq, self.wk, self.wv))
         self.q_norm = w.vector(p + "attn_q_norm.weight", hd, required=False)
         self.k_norm = w.vector(p + "attn_k_norm.weight", hd, required=False)
         self.rope_base, self.rope_scale = hp.rope(il)
@@ -233,7 +242,7 @@ class Attention:
     def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
         hp = self.hp
         n = x.shape[0]
-        q, k, v = linear_group(x, (self.wq, self.wk, self.wv))
+        q, k, v = self.qkv(x)
         q = q.reshape(n, hp.n_head, hp.head_dim)  # [n, n_head, hd]
         k = k.reshape(n, hp.n_head_kv, hp.head_dim)  # [n, n_kv, hd]
         v = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
@@ -250,18 +259,19 @@ class Attention:
 
 
 class FeedForward:
-    """Gated FFN: down(act(gate(x)) * up(x))."""
+    """Gated FFN: down(act(gate(x)) * up(x)); act_mul(gate, up) computes act(gate) * up."""
 
-    def __init__(self, hp: HParams, w: Weights, il: int, act):
+    def __init__(self, hp: HParams, w: Weights, il: int, act_mul):
         p = f"blk.{il}."
         self.gate = Linear(w.get(p + "ffn_gate.weight", (hp.n_ff, hp.n_embd)))
         self.up = Linear(w.get(p + "ffn_up.weight", (hp.n_ff, hp.n_embd)))
         self.down = Linear(w.get(p + "ffn_down.weight", (hp.n_embd, hp.n_ff)))
-        self.act = act
+        self.gate_up = LinearGroup((self.gate, self.up))
+        self.act_mul = act_mul
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        gate, up = linear_group(x, (self.gate, self.up))
-        return self.down(self.act(gate) * up)
+        gate, up = self.gate_up(x)
+        return self.down(self.act_mul(gate, up))
 
 
 class Transformer:

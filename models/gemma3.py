@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from edgellm.gguf_file import GGUFError, GGUFFile
-from edgellm.kernels.nn import ROPE_NEOX, gelu_tanh, rms_norm
+from edgellm.kernels.nn import ROPE_NEOX, gelu_mul, rms_norm
 from edgellm.models.base import Attention, FeedForward, HParams, MetadataView, Transformer, Weights, read_hparams
 
 SWA_PATTERN = 6  # llama.cpp: layer il slides unless (il % 6) == 5
@@ -29,7 +29,7 @@ class Gemma3Block:
             raise GGUFError(f"missing tensor {p}attn_q_norm.weight/attn_k_norm.weight (gemma3 needs them)")
         self.post_attention_norm = w.vector(p + "post_attention_norm.weight", d)
         self.ffn_norm = w.vector(p + "ffn_norm.weight", d)
-        self.ffn = FeedForward(hp, w, il, gelu_tanh)
+        self.ffn = FeedForward(hp, w, il, gelu_mul)
         self.post_ffw_norm = w.vector(p + "post_ffw_norm.weight", d)
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:

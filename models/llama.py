@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgellm.gguf_file import GGUFError
-from edgellm.kernels.nn import ROPE_NORM, rms_norm, silu
+from edgellm.kernels.nn import ROPE_NORM, rms_norm, silu_mul
 from edgellm.models.base import Attention, FeedForward, Transformer, Weights
 
 
@@ -22,7 +22,7 @@ class LlamaBlock:
         self.attn = Attention(hp, w, il)
         self.attn.rope_factors = model.rope_factors
         self.ffn_norm = w.vector(f"blk.{il}.ffn_norm.weight", hp.n_embd)
-        self.ffn = FeedForward(hp, w, il, silu)
+        self.ffn = FeedForward(hp, w, il, silu_mul)
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
         # x [n, d] -> x + attn(norm(x)), then + ffn(norm(.))

@@ -136,6 +136,22 @@ def test_get_rows_rejects_out_of_range_ids(tensors):
         get_rows(data, T.Q8_0, n_cols, [data.shape[0]])
 
 
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+
+
+def seen_x(x: np.ndarray, qtype: T) -> np.ndarray:
+    """x as the kernels multiply it: quantized types take x quantized per block of 32, to 8 bits
+    in a decode mat-vec (a few x rows, kernels.matvec.quantize_x) and to 16 bits in the prefill
+    GEMM (quantize_x16); float types take float32 x."""
+    from edgellm.kernels.matvec import quantize_x, quantize_x16
+
+    if qtype in FLOAT_TYPES or x.shape[0] == 0:
+        return x
+    quantize = quantize_x if x.shape[0] <= kernels.dispatch.MATVEC_MAX_ROWS else quantize_x16
+    xq, xd = quantize(x)[:2]
+    return (xq.reshape(x.shape[0], -1, 32) * xd[..., None]).reshape(x.shape)
+
+
 def assert_matmul_close(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
     """out == x @ w.T up to float32 rounding of the sums (bounded by sum |x| |w| per entry)."""
     expected = x.astype(np.float64) @ w.astype(np.float64).T
@@ -150,7 +166,26 @@ def assert_matmul_close(out: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
 def test_matmul_is_x_times_w_transposed(tensors, qtype, n):
     data, n_cols = tensors[qtype]
     x = np.random.default_rng(n).standard_normal((n, n_cols), dtype=np.float32)
-    assert_matmul_close(matmul(x, data, qtype, n_cols), x, reference(data, qtype, n_cols))
+    assert_matmul_close(matmul(x, data, qtype, n_cols), seen_x(x, qtype), reference(data, qtype, n_cols))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_activations_are_quantized_per_32_values(bits):
+    from edgellm.kernels.matvec import quantize_x, quantize_x16
+
+    qmax, dtype = (127, np.int8) if bits == 8 else (32767, np.int16)
+    x = np.random.default_rng(0).standard_normal((2, 64), dtype=np.float32)
+    x[1, 32:] = 0.0  # an all-zero block: scale 0, codes 0
+    xq, xd, xs32, xs16 = (quantize_x if bits == 8 else quantize_x16)(x)
+    blocks = x.reshape(2, 2, 32)
+    amax = np.abs(blocks).max(-1)
+    np.testing.assert_array_equal(xd, amax / np.float32(qmax))
+    scale = np.where(amax > 0, np.float32(qmax) / amax.clip(1e-30), 0).astype(np.float32)
+    np.testing.assert_array_equal(xq.reshape(2, 2, 32), np.rint(blocks * scale[..., None]))
+    assert np.abs(xq).max() == qmax and xq.dtype == dtype
+    dequantized = xq.reshape(2, 2, 32) * xd[..., None].astype(np.float64)
+    np.testing.assert_allclose(xs32, dequantized.sum(-1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xs16, dequantized.reshape(2, 4, 16).sum(-1), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 64])
@@ -159,7 +194,7 @@ def test_matmul_writes_into_out(tensors, n):
     x = np.random.default_rng(0).standard_normal((n, n_cols), dtype=np.float32)
     out = np.full((n, data.shape[0]), np.nan, np.float32)
     assert matmul(x, data, T.Q4_K, n_cols, out=out) is out
-    assert_matmul_close(out, x, reference(data, T.Q4_K, n_cols))
+    assert_matmul_close(out, seen_x(x, T.Q4_K), reference(data, T.Q4_K, n_cols))
 
 
 def test_matmul_group_equals_one_matmul_per_weight(tensors):
@@ -173,23 +208,28 @@ def test_matmul_group_equals_one_matmul_per_weight(tensors):
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86 assembly")
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t != T.F32], ids=lambda t: t.name)
 def test_row_dots_are_simd_code(tensors, qtype):
-    """Each type's row dot (what the decode mat-vec runs per row) must be packed float arithmetic
-    on whole vectors, 8 or 16 lanes per instruction (ymm/zmm), with no gathers (what a vectorizer
-    emits when it gives up on a block's layout). Compiled afresh: cached code cannot be read."""
+    """Each type's row dot (what the decode mat-vec runs per row) must be whole-vector code with
+    no gathers (what a vectorizer emits when it gives up on a block's layout): float rows packed
+    float FMAs on 8 or 16 lanes (ymm/zmm); quantized rows integer dot instructions (VNNI's
+    vpdpbusd, else AVX2's vpmaddubsw) feeding packed float FMAs. Compiled afresh: cached code
+    cannot be read."""
     import numba
 
     from edgellm.kernels import simd
-    from edgellm.kernels.matvec import f16_table
+    from edgellm.kernels.matvec import f16_table, quantize_x
 
     dot = getattr(simd, f"dot_{qtype.name.lower()}")
-    kernel = numba.njit(lambda row, x, xs32, xs16, f16: dot(row, x, xs32, xs16, f16))
+    kernel = numba.njit(lambda row, x, xq, xd, xs32, xs16, f16: dot(row, x, xq, xd, xs32, xs16, f16))
     data, n_cols = tensors[qtype]
-    x = np.random.default_rng(0).standard_normal(n_cols, dtype=np.float32)
-    xs32, xs16 = x.reshape(-1, 32).sum(-1), x.reshape(-1, 16).sum(-1)
-    got = kernel(data[0], x, xs32, xs16, f16_table())
-    assert got == pytest.approx(float(reference(data[:1], qtype, n_cols)[0] @ x.astype(np.float64)), rel=1e-4, abs=1e-4)
+    x = np.random.default_rng(0).standard_normal((1, n_cols), dtype=np.float32)
+    xq, xd, xs32, xs16 = quantize_x(x)
+    got = kernel(data[0], x[0], xq[0], xd[0], xs32[0], xs16[0], f16_table())
+    expected = reference(data[:1], qtype, n_cols)[0] @ seen_x(x, qtype)[0].astype(np.float64)
+    assert got == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
     asm = kernel.inspect_asm(kernel.signatures[0])
-    assert re.search(r"\bv(fmadd\d+|mul|add)ps\s+[^\n]*%[yz]mm", asm)
+    assert re.search(r"\bvfmadd\d+ps\s+[^\n]*%[yz]mm", asm)
+    if qtype not in FLOAT_TYPES:
+        assert re.search(r"\b(vpdpbusd|vpmaddubsw)\s+[^\n]*%[yz]mm", asm)
     assert "vgather" not in asm
 
 
@@ -200,11 +240,23 @@ def test_matmul_of_no_rows(tensors):
 
 
 def test_matmul_in_many_tiles(tensors, monkeypatch):
-    # A tile of 3 rows (37 rows: 12 full tiles and a ragged one).
-    data, n_cols = tensors[T.Q5_1]
+    # Float rows for many x go through dequantized tiles and BLAS: tiles of 3 rows (37 rows: 12
+    # full tiles and a ragged one).
+    data, n_cols = tensors[T.F16]
     monkeypatch.setattr(kernels.dispatch, "TILE_BYTES", 3 * 4 * n_cols)
     x = np.random.default_rng(0).standard_normal((20, n_cols), dtype=np.float32)
-    assert_matmul_close(matmul(x, data, T.Q5_1, n_cols), x, reference(data, T.Q5_1, n_cols))
+    assert_matmul_close(matmul(x, data, T.F16, n_cols), x, reference(data, T.F16, n_cols))
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [9, 17, 64])
+def test_prefill_gemm_covers_ragged_rows_and_tokens(tensors, qtype, n):
+    # 8-row panels and 8-token steps: 37 rows (5 work items of one panel each) and n tokens
+    # leave a partial panel and partial steps.
+    data, n_cols = tensors[qtype]
+    data = data[:37]
+    x = np.random.default_rng(n).standard_normal((n, n_cols), dtype=np.float32)
+    assert_matmul_close(matmul(x, data, qtype, n_cols), seen_x(x, qtype), reference(data, qtype, n_cols))
 
 
 @pytest.mark.parametrize("n", [1, 16])
@@ -221,7 +273,7 @@ def test_matmul_by_the_output_matrix_keeps_scratch_bounded(model, n):
     tracemalloc.stop()
     assert peak < out.nbytes + (32 << 20)
     ids = np.array([0, 1, 2, 4095, 65_535, data.shape[0] - 1])
-    assert_matmul_close(out[:, ids], x, reference(data[ids], t.ggml_type, t.n_cols))
+    assert_matmul_close(out[:, ids], seen_x(x, t.ggml_type), reference(data[ids], t.ggml_type, t.n_cols))
 
 
 def test_matmul_rejects_wrong_shapes(tensors):
@@ -243,9 +295,9 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(tensors):
     matmul(np.ones((1, n_cols), np.float32), data, T.Q8_0, n_cols)  # compiled and cached here
     script = (
         "import numpy as np\n"
-        "from edgellm.kernels import matmul, matvec\n"
+        "from edgellm.kernels import dispatch, matmul\n"
         "matmul(np.ones((1, 32), np.float32), np.zeros((1, 34), np.uint8), 8, 32)\n"
-        "print(sum(matvec.matvec.stats.cache_misses.values()))\n"
+        "print(sum(dispatch._weights_job.stats.cache_misses.values()))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=os.environ.copy(), timeout=120)

@@ -1,0 +1,280 @@
+"""Prefill: out = x @ W.T for many x rows, W quantized, in 16-bit integer arithmetic.
+
+x is quantized once to 16 bits per value with a scale per 32 (matvec.quantize_x16: an error of
+~1e-5 of each block's largest value, where 8 bits, as in decode, would move the bundled Gemma's
+teacher-forced perplexity by a percent: the model amplifies rounding). W's blocks are unpacked
+into codes, scales and offsets by the same per-type code as the decode row dots
+(simd.QUANT_TYPES). What differs is the arrangement: a decode row dot puts products of one row
+in each int32 lane; here a lane is one output, so that the float work (convert, scale, add) is
+paid once per 8 outputs and 32 values, not once per output and 32 values.
+
+For a group of 8 rows, a panel (scratch, in L1/L2) holds, per 32 values v of a row:
+
+    16 vectors of 32 bytes, vector j = [row 0's codes 2j, 2j+1 as int16, row 1's, ..., row 7's]
+    the rows' scales, scales of values 16-31 (Q6_K), offsets, offsets of values 16-31: 4 x 8 floats
+
+built once per group (unpacked, widened, then 8x8 transposes of 32-bit words). Then for every
+token and every 32 values, 16 dot-product instructions (VNNI vpdpwssd: 2 int16 x int16 products
+per lane, the token's 2 codes broadcast to all 8 lanes) give the 8 rows' integer dots, and
+
+    out[token, rows] += scales * xd[token, v] * float(dots) + offsets * xs32[token, v]
+
+Tokens go 8 at a time (8 independent accumulators; the panel vectors are loaded once for the 8),
+then one at a time for the rest. panel_<type> builds a panel (the only per-type code), and
+panel_times_x multiplies one by a range of tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .matvec import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+from .simd import F32, I16, I32, I64, QUANT_TYPES, VNNI_512, Emitter, idot16, vec
+
+# Rows per panel: the int32 lanes of one dot instruction, 16 with AVX-512 VNNI (on CPUs that
+# run 512-bit vectors at full width that doubles the work per instruction; elsewhere it halves
+# the instructions that feed them), else 8.
+GROUP_ROWS = 16 if VNNI_512 else 8
+TOKENS = 8  # tokens per step of the main loop
+CODE_VECTORS = 16  # per 32 values: 16 vectors of GROUP_ROWS rows x 2 int16 codes
+VECTOR_BYTES = 4 * GROUP_ROWS
+PANEL_SUB_BYTES = (CODE_VECTORS + 4) * VECTOR_BYTES  # and 4 vectors of GROUP_ROWS floats
+FIELDS_AT = CODE_VECTORS * VECTOR_BYTES
+
+
+def _transpose(e, w):
+    """R <R x i32> rows -> R vectors, vector j holding word j of each row in row order: log2(R)
+    rounds of two-input shuffles, round s swapping s x s blocks between rows i and i + s."""
+    b = e.b
+    n = len(w)
+    s = 1
+    while s < n:
+        lo_mask = [l if (l // s) % 2 == 0 else n + l - s for l in range(n)]
+        hi_mask = [l + s if (l // s) % 2 == 0 else n + l for l in range(n)]
+        new = list(w)
+        for start in range(0, n, 2 * s):
+            for i in range(start, start + s):
+                new[i] = b.shuffle_vector(w[i], w[i + s], e.const(I32, n, lo_mask))
+                new[i + s] = b.shuffle_vector(w[i], w[i + s], e.const(I32, n, hi_mask))
+        w, s = new, 2 * s
+    return w
+
+
+def _code_vectors(e, codes):
+    """The 16 panel vectors of GROUP_ROWS rows' <32 x i8> unsigned codes: widened to int16,
+    vector j is word j (codes 2j, 2j + 1) of every row."""
+    b = e.b
+    words = [b.bitcast(b.zext(u, vec(I16, 32)), vec(I32, 16)) for u in codes]
+    out = []
+    for first in range(0, 16, GROUP_ROWS):  # 16 words per row, GROUP_ROWS at a time
+        part = list(range(first, first + GROUP_ROWS))
+        out += _transpose(e, [b.shuffle_vector(w, w, e.const(I32, GROUP_ROWS, part)) for w in words])
+    return out
+
+
+def _gather(e, values):
+    """GROUP_ROWS float scalars as one vector."""
+    v = ir.Constant(vec(F32, GROUP_ROWS), None)
+    for i, x in enumerate(values):
+        v = e.b.insert_element(v, x, ir.Constant(I32, i))
+    return v
+
+
+def _panel_ptr(e, sub, offset, t):
+    """Pointer (to t) at panel + sub * PANEL_SUB_BYTES + offset."""
+    p = e.gep(e.gep(e.panel, e.mul(sub, PANEL_SUB_BYTES)), offset)
+    return e.b.bitcast(p, t.as_pointer())
+
+
+def _build_panel(e, qt, rows, row_bytes, n_subs):
+    """Unpack rows r0..r0 + GROUP_ROWS - 1 (the last row repeated past the end of W)."""
+    b = e.b
+    zero = ir.Constant(F32, 0.0)
+    last = b.sub(rows, ir.Constant(I64, 1))
+    row_views = []
+    for r in range(GROUP_ROWS):
+        index = b.add(e.r0, ir.Constant(I64, r))
+        index = b.select(b.icmp_signed(">", index, last), last, index)
+        row_views.append(e.at_row(e.gep(e.data, b.mul(index, row_bytes))))
+    subs_per_block = qt.block_values // 32
+    n_blocks = b.udiv(n_subs, ir.Constant(I64, subs_per_block))
+    with cgutils.for_range(b, n_blocks) as loop:
+        base = e.mul(loop.index, qt.block_bytes)
+        per_row = [qt.subs(view, base) for view in row_views]  # [row][sub in block]
+        for i in range(subs_per_block):
+            v = e.add(e.mul(loop.index, subs_per_block), i)
+            subs = [per_row[r][i] for r in range(GROUP_ROWS)]
+            for j, codes in enumerate(_code_vectors(e, [s.u for s in subs])):
+                b.store(codes, _panel_ptr(e, v, VECTOR_BYTES * j, vec(I32, GROUP_ROWS)), align=4)
+            fields = (
+                [s.scale for s in subs],
+                [s.scale_hi if s.scale_hi is not None else s.scale for s in subs],
+                [s.off if s.off is not None else zero for s in subs],
+                [s.off_hi if s.off_hi is not None else zero for s in subs],
+            )
+            for k, values in enumerate(fields):
+                b.store(_gather(e, values), _panel_ptr(e, v, FIELDS_AT + VECTOR_BYTES * k, vec(F32, GROUP_ROWS)), align=4)
+
+
+def _splat_pair(e, ptr):
+    """The i32 at ptr (2 int16 codes) broadcast to GROUP_ROWS lanes."""
+    word = e.b.load(e.b.bitcast(ptr, I32.as_pointer()), align=2)
+    return e.splat(word, GROUP_ROWS)
+
+
+def _chain(e, codes, words, js):
+    acc = e.const(I32, GROUP_ROWS, 0)
+    for j in js:
+        acc = idot16(e, codes[j], words[j], acc)
+    return acc
+
+
+def _tokens(e, halves, c0, count, n_subs, n_cols, rows):
+    """out[c0 + k, r0:r0 + GROUP_ROWS] for k < count (a compile-time count), over all n_subs."""
+    b = e.b
+    lanes = GROUP_ROWS
+    accs = [cgutils.alloca_once_value(b, e.const(F32, lanes, 0.0)) for _ in range(count)]
+    per_row32, per_row16 = b.udiv(n_cols, ir.Constant(I64, 32)), b.udiv(n_cols, ir.Constant(I64, 16))
+    with cgutils.for_range(b, n_subs) as loop:
+        v = loop.index
+        codes = [b.load(_panel_ptr(e, v, VECTOR_BYTES * j, vec(I32, lanes)), align=4) for j in range(CODE_VECTORS)]
+        scale, scale_hi, off, off_hi = (b.load(_panel_ptr(e, v, FIELDS_AT + VECTOR_BYTES * k, vec(F32, lanes)), align=4)
+                                        for k in range(4))
+        for k in range(count):
+            c = b.add(c0, ir.Constant(I64, k))
+            x = e.gep(e.xq, b.add(b.mul(c, n_cols), e.mul(v, 32)))  # this token's 32 codes (int16)
+            words = [_splat_pair(e, e.gep(x, 2 * j)) for j in range(CODE_VECTORS)]
+            acc = b.load(accs[k])
+            s32 = b.add(b.mul(c, per_row32), v)
+            xd = e.splat(e.scalar(e.xd, s32), lanes)
+            if halves:  # values 0-15 (code vectors 0-7) and 16-31 have their own scales
+                lo, hi = _chain(e, codes, words, range(8)), _chain(e, codes, words, range(8, 16))
+                acc = e.fma(e.fmul(scale, xd), e.to_float(lo), acc)
+                acc = e.fma(e.fmul(scale_hi, xd), e.to_float(hi), acc)
+                s16 = b.add(b.mul(c, per_row16), e.mul(v, 2))
+                acc = e.fma(off, e.splat(e.scalar(e.xs16, s16), lanes), acc)
+                acc = e.fma(off_hi, e.splat(e.scalar(e.xs16, e.add(s16, 1)), lanes), acc)
+            else:  # two chains of eight dot instructions, then one sum
+                dots = b.add(_chain(e, codes, words, range(0, 16, 2)), _chain(e, codes, words, range(1, 16, 2)))
+                acc = e.fma(e.fmul(scale, xd), e.to_float(dots), acc)
+                acc = e.fma(off, e.splat(e.scalar(e.xs32, s32), lanes), acc)
+            b.store(acc, accs[k])
+    valid = b.sub(rows, e.r0)
+    full = b.icmp_signed(">=", valid, ir.Constant(I64, GROUP_ROWS))
+    for k in range(count):
+        c = b.add(c0, ir.Constant(I64, k))
+        dst = e.gep(e.out, b.add(b.mul(c, rows), e.r0))
+        acc = b.load(accs[k])
+        with b.if_else(full) as (then, otherwise):
+            with then:
+                b.store(acc, b.bitcast(dst, vec(F32, lanes).as_pointer()), align=4)
+            with otherwise:
+                for lane in range(GROUP_ROWS):
+                    with b.if_then(b.icmp_signed(">", valid, ir.Constant(I64, lane))):
+                        b.store(b.extract_element(acc, ir.Constant(I32, lane)), e.gep(dst, lane))
+
+
+def _panel(qt):
+    """panel_<type>(data, r0, f16, panel): the panel of rows r0..r0+7 of data (uint8
+    [rows, row_bytes] of this type) into panel (uint8 [n_cols / 32 * PANEL_SUB_BYTES])."""
+
+    def generic(typingctx, data, r0, f16, panel):
+        sig = types.void(data, r0, f16, panel)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args, ("data", "r0", "f16", "panel"))
+            rows, row_bytes = e.shape(0, 0), e.shape(0, 1)
+            n_subs = builder.udiv(e.shape(3), ir.Constant(I64, PANEL_SUB_BYTES))
+            _build_panel(e, qt, rows, row_bytes, n_subs)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(generic)
+
+
+def _panel_times_x(halves):
+    """panel_times_x(panel, r0, rows, xq, xd, xs32, xs16, out, c0, c1): out[c0:c1, r0:r0 + 8]
+    (fewer columns at the end of out's rows) from a panel and x quantized to 16 bits."""
+
+    def generic(typingctx, panel, r0, rows, xq, xd, xs32, xs16, out, c0, c1):
+        sig = types.void(panel, r0, rows, xq, xd, xs32, xs16, out, c0, c1)
+
+        def codegen(context, builder, signature, args):
+            names = ("panel", "r0", "rows", "xq", "xd", "xs32", "xs16", "out", "c0", "c1")
+            e = Emitter(context, builder, signature, args, names)
+            n_cols = e.shape(3, 1)
+            n_subs = builder.udiv(n_cols, ir.Constant(I64, 32))
+            count = builder.sub(e.c1, e.c0)
+            with cgutils.for_range(builder, builder.udiv(count, ir.Constant(I64, TOKENS))) as loop:
+                _tokens(e, halves, builder.add(e.c0, e.mul(loop.index, TOKENS)), TOKENS, n_subs, n_cols, e.rows)
+            done = builder.add(e.c0, e.mul(builder.udiv(count, ir.Constant(I64, TOKENS)), TOKENS))
+            with cgutils.for_range(builder, builder.sub(e.c1, done)) as loop:
+                _tokens(e, halves, builder.add(done, loop.index), 1, n_subs, n_cols, e.rows)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(generic)
+
+
+panel_q8_0 = _panel(QUANT_TYPES["q8_0"])
+panel_q4_0 = _panel(QUANT_TYPES["q4_0"])
+panel_q4_1 = _panel(QUANT_TYPES["q4_1"])
+panel_q5_0 = _panel(QUANT_TYPES["q5_0"])
+panel_q5_1 = _panel(QUANT_TYPES["q5_1"])
+panel_q4_k = _panel(QUANT_TYPES["q4_k"])
+panel_q5_k = _panel(QUANT_TYPES["q5_k"])
+panel_q6_k = _panel(QUANT_TYPES["q6_k"])
+panel_times_x = _panel_times_x(False)
+panel_times_x_halves = _panel_times_x(True)  # Q6_K: a scale per 16 values
+
+# Tokens per pass over an item's panels: their 16-bit x (64 x 2048 x 2 bytes at most for these
+# models) stays in L2 while every panel of the item meets it, instead of all tokens streaming
+# through per panel (a 2 MB x from L3 per 8 rows made ffn_down L3-bound).
+TOKEN_BLOCK = 64
+
+
+@njit(cache=True, nogil=True)
+def _build(data, ggml_type, r0, f16, panel):
+    if ggml_type == Q8_0:
+        panel_q8_0(data, r0, f16, panel)
+    elif ggml_type == Q4_0:
+        panel_q4_0(data, r0, f16, panel)
+    elif ggml_type == Q4_1:
+        panel_q4_1(data, r0, f16, panel)
+    elif ggml_type == Q5_0:
+        panel_q5_0(data, r0, f16, panel)
+    elif ggml_type == Q5_1:
+        panel_q5_1(data, r0, f16, panel)
+    elif ggml_type == Q4_K:
+        panel_q4_k(data, r0, f16, panel)
+    elif ggml_type == Q5_K:
+        panel_q5_k(data, r0, f16, panel)
+    elif ggml_type == Q6_K:
+        panel_q6_k(data, r0, f16, panel)
+
+
+@njit(cache=True, nogil=True)
+def gemm_rows(data, ggml_type, xq, xd, xs32, xs16, f16, out, start, stop):
+    """out[:, start:stop] = x @ W[start:stop].T for x quantized to 16 bits (quantize_x16: xq,
+    xd, xs32, xs16 [n, ...]); start a multiple of GROUP_ROWS. One work item of a team job
+    (jobs.GEMM): the item's panels first, then tokens TOKEN_BLOCK at a time against each."""
+    n, n_cols = xq.shape
+    rows = data.shape[0]
+    sub_bytes = (n_cols // 32) * PANEL_SUB_BYTES
+    n_panels = -(-(stop - start) // GROUP_ROWS)
+    panels = np.empty((n_panels, sub_bytes), np.uint8)
+    for p in range(n_panels):
+        _build(data, ggml_type, start + GROUP_ROWS * p, f16, panels[p])
+    for c0 in range(0, n, TOKEN_BLOCK):
+        c1 = min(n, c0 + TOKEN_BLOCK)
+        for p in range(n_panels):
+            if ggml_type == Q6_K:
+                panel_times_x_halves(panels[p], start + GROUP_ROWS * p, rows, xq, xd, xs32, xs16, out, c0, c1)
+            else:
+                panel_times_x(panels[p], start + GROUP_ROWS * p, rows, xq, xd, xs32, xs16, out, c0, c1)

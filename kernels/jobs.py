@@ -1,0 +1,95 @@
+"""The work a thread team (team.py) shares out: a job is a descriptor, an int64 array that says
+what to compute and where the arrays are (raw addresses), cut into numbered work items.
+
+    desc[KIND]      which job (MATVEC, ...)
+    desc[N_ITEMS]   how many work items it has
+    desc[2:]        the job's own fields (below)
+
+`run_item(desc, i)` does item i; any thread may run any item, in any order. A job's arrays must
+stay alive until the job is done: the thread that posts it holds them and waits.
+
+MATVEC, outs[w] = x @ W_w.T for up to GROUP weights of n_cols columns each (Q, K, V; gate, up),
+a few x rows (decode): items are runs of consecutive rows of one weight.
+
+GEMM, the same for many x rows (prefill) of quantized weights, in 16-bit integers (gemm.py):
+items are runs of rows that start at multiples of gemm.GROUP_ROWS.
+
+ATTEND, decode attention of a few queries over a KV cache: one item per (query, head).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit
+
+from .atomics import address_as_pointer
+from .attend import attend_one
+from .gemm import gemm_rows
+from .matvec import matvec_rows
+
+KIND, N_ITEMS = 0, 1
+MATVEC, ATTEND, GEMM = 1, 2, 3
+
+# MATVEC and GEMM fields (GEMM does not read MV_X)
+MV_N, MV_COLS, MV_X, MV_XQ, MV_XD, MV_XS32, MV_XS16, MV_F16, MV_WEIGHTS = range(2, 11)
+MV_W0, MV_W_FIELDS = 16, 8  # per weight, from MV_W0 + MV_W_FIELDS * w:
+W_DATA, W_ROWS, W_ROW_BYTES, W_TYPE, W_OUT, W_FIRST_ITEM, W_ITEM_ROWS = range(7)
+GROUP = 3
+DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
+
+# ATTEND fields: q [n, n_head, hd], out [n, n_head, hd_v] (C order); k, v: n_kv heads of
+# [m, hd] / [m, hd_v] rows, each head K_STRIDE / V_STRIDE floats after the previous; q_pos [n],
+# k_pos [m] int64; scores: float32 [n * n_head, m] scratch; SCALE: a float64's bits.
+(AT_N, AT_HEADS, AT_HD, AT_HD_V, AT_KV_HEADS, AT_M, AT_Q, AT_K, AT_V, AT_K_STRIDE, AT_V_STRIDE,
+ AT_QPOS, AT_KPOS, AT_OUT, AT_SCORES, AT_SCALE, AT_WINDOW) = range(2, 19)
+
+
+@njit(cache=True, nogil=True)
+def _f32(addr, shape):
+    return carray(address_as_pointer(addr, np.float32), shape)
+
+
+@njit(cache=True, nogil=True)
+def weights_item(desc, item):
+    w = 0
+    while w + 1 < desc[MV_WEIGHTS] and item >= desc[MV_W0 + MV_W_FIELDS * (w + 1) + W_FIRST_ITEM]:
+        w += 1
+    f = MV_W0 + MV_W_FIELDS * w
+    n, n_cols, rows = desc[MV_N], desc[MV_COLS], desc[f + W_ROWS]
+    data = carray(address_as_pointer(desc[f + W_DATA], np.uint8), (rows, desc[f + W_ROW_BYTES]))
+    x = _f32(desc[MV_X], (n, n_cols))
+    xd, xs32 = _f32(desc[MV_XD], (n, n_cols // 32)), _f32(desc[MV_XS32], (n, n_cols // 32))
+    xs16 = _f32(desc[MV_XS16], (n, n_cols // 16))
+    f16 = _f32(desc[MV_F16], (65536,))
+    out = _f32(desc[f + W_OUT], (n, rows))
+    start = (item - desc[f + W_FIRST_ITEM]) * desc[f + W_ITEM_ROWS]
+    stop = min(rows, start + desc[f + W_ITEM_ROWS])
+    if desc[KIND] == GEMM:  # x in 16-bit codes (matvec.quantize_x16)
+        xq16 = carray(address_as_pointer(desc[MV_XQ], np.int16), (n, n_cols))
+        gemm_rows(data, desc[f + W_TYPE], xq16, xd, xs32, xs16, f16, out, start, stop)
+    else:  # x in 8-bit codes (matvec.quantize_x)
+        xq = carray(address_as_pointer(desc[MV_XQ], np.int8), (n, n_cols))
+        matvec_rows(data, desc[f + W_TYPE], x, xq, xd, xs32, xs16, f16, out, start, stop)
+
+
+@njit(cache=True, nogil=True)
+def attend_item(desc, item):
+    n_head, hd, hd_v, m = desc[AT_HEADS], desc[AT_HD], desc[AT_HD_V], desc[AT_M]
+    i, h = item // n_head, item % n_head
+    kv = h // (n_head // desc[AT_KV_HEADS])
+    q = _f32(desc[AT_Q] + 4 * (i * n_head + h) * hd, (hd,))
+    k = _f32(desc[AT_K] + 4 * kv * desc[AT_K_STRIDE], (m, hd))
+    v = _f32(desc[AT_V] + 4 * kv * desc[AT_V_STRIDE], (m, hd_v))
+    q_pos = carray(address_as_pointer(desc[AT_QPOS], np.int64), (desc[AT_N],))
+    k_pos = carray(address_as_pointer(desc[AT_KPOS], np.int64), (m,))
+    scale = desc[AT_SCALE:AT_SCALE + 1].view(np.float64)[0]
+    attend_one(q, k, v, q_pos[i], k_pos, np.float32(scale), desc[AT_WINDOW],
+               _f32(desc[AT_SCORES] + 4 * item * m, (m,)), _f32(desc[AT_OUT] + 4 * (i * n_head + h) * hd_v, (hd_v,)))
+
+
+@njit(cache=True, nogil=True)
+def run_item(desc, item):
+    if desc[KIND] == MATVEC or desc[KIND] == GEMM:
+        weights_item(desc, item)
+    elif desc[KIND] == ATTEND:
+        attend_item(desc, item)

@@ -1,0 +1,157 @@
+"""A team of threads for the decode kernels: workers that spin between jobs, then sleep.
+
+A decoded token is ~100 small jobs (a mat-vec takes 20-500 us). Numba's OpenMP regions either
+sleep between them (PASSIVE: each region then waits for the kernel to wake a thread, on a VM
+~150 us per region, 2-thread decode slower than 1 thread) or spin forever (ACTIVE: on a busy
+machine a spinning thread that lost its core stalls every region for a scheduler tick). The team
+does what llama.cpp's thread pool does instead: a worker spins while jobs keep coming and goes to
+sleep after IDLE_S without one; and work items are claimed one at a time from a shared counter,
+so a thread that lost its core holds up at most the item it is on, never a fixed share.
+
+Protocol (ctl, an int64 array; each field on its own cache line):
+    ctl[LEFT]    work items of the current job not yet claimed; a thread claims one by
+                 compare-and-swap LEFT -> LEFT - 1 and then runs item N_ITEMS - LEFT
+    ctl[DONE]    items finished (each thread adds its count when it finds none left); the
+                 posting thread waits until it equals N_ITEMS
+    ctl[ASLEEP]  workers that went to sleep; the next post wakes them (Team.run)
+    ctl[STOP]    1: workers return for good
+A post writes the descriptor, DONE = 0, then LEFT = N_ITEMS (sequentially consistent): a thread
+that claims an item has seen the whole descriptor. The posting thread works on its own job too,
+so a team of n threads has n - 1 workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
+from .jobs import DESC_SIZE, N_ITEMS, run_item
+
+LEFT, DONE, ASLEEP, STOP = 0, 8, 16, 24  # int64 offsets, 64 bytes apart
+CTL_SIZE = 32
+IDLE_S = 0.004  # a worker spins this long without a job before it sleeps
+RETURN_STOP, RETURN_IDLE = 1, 0
+
+
+@njit(cache=True, nogil=True)
+def _claim_and_run(ctl, desc):
+    """Run items of the posted job until none is left unclaimed, then count them in DONE (once:
+    the DONE line then moves between cores once per thread and job, not once per item).
+    Returns how many this thread ran."""
+    ran = 0
+    while True:
+        left = atomic_load(ctl, LEFT)
+        if left <= 0:
+            break
+        if atomic_cas(ctl, LEFT, left, left - 1):
+            run_item(desc, desc[N_ITEMS] - left)
+            ran += 1
+    if ran:
+        atomic_add(ctl, DONE, ran)
+    return ran
+
+
+@njit(cache=True, nogil=True)
+def worker_loop(ctl, desc, idle_spins):
+    """A worker's life between two sleeps: run items while there are any, spin while there are
+    none, return RETURN_IDLE after idle_spins spins without work (counted in ASLEEP)."""
+    spins = 0
+    while True:
+        if _claim_and_run(ctl, desc) > 0:
+            spins = 0
+            continue
+        if atomic_load(ctl, STOP):
+            return RETURN_STOP
+        cpu_relax()
+        spins += 1
+        if spins > idle_spins:
+            atomic_add(ctl, ASLEEP, 1)
+            return RETURN_IDLE
+
+
+@njit(cache=True, nogil=True)
+def woke(ctl):
+    atomic_add(ctl, ASLEEP, -1)
+
+
+@njit(cache=True, nogil=True)
+def run_job(ctl, desc):
+    """Post desc (filled in by the caller), work on it, return once every item is done; returns
+    how many workers are asleep (the caller wakes them for the next job)."""
+    n = desc[N_ITEMS]
+    atomic_store(ctl, DONE, 0)
+    atomic_store(ctl, LEFT, n)
+    _claim_and_run(ctl, desc)
+    while atomic_load(ctl, DONE) < n:
+        cpu_relax()
+    return atomic_load(ctl, ASLEEP)
+
+
+@njit(cache=True, nogil=True)
+def _spin(n):
+    for _ in range(n):
+        cpu_relax()
+
+
+def _spins_per_second() -> float:
+    _spin(1000)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        _spin(200_000)
+        best = min(best, time.perf_counter() - t)
+    return 200_000 / max(best, 1e-6)
+
+
+class Team:
+    """n threads: the caller of run() plus n - 1 workers (daemon threads, started at once)."""
+
+    def __init__(self, n_threads: int):
+        self.n_threads = n_threads
+        self.ctl = np.zeros(CTL_SIZE, np.int64)
+        self.desc = np.zeros(DESC_SIZE, np.int64)
+        self.lock = threading.Lock()  # one job at a time, whichever Python thread posts it
+        self.idle_spins = int(IDLE_S * _spins_per_second())
+        self.wakeups = [threading.Event() for _ in range(n_threads - 1)]
+        self.workers = [threading.Thread(target=self._serve, args=(ev,), daemon=True,
+                                         name=f"edgellm-team-{k + 1}") for k, ev in enumerate(self.wakeups)]
+        for w in self.workers:
+            w.start()
+
+    def _serve(self, wakeup: threading.Event) -> None:
+        while worker_loop(self.ctl, self.desc, self.idle_spins) == RETURN_IDLE:
+            wakeup.wait()
+            wakeup.clear()
+            woke(self.ctl)
+
+    def wake(self) -> None:
+        for ev in self.wakeups:
+            ev.set()
+
+    def close(self) -> None:
+        self.ctl[STOP] = 1
+        self.wake()
+        for w in self.workers:
+            w.join()
+
+
+_teams: dict[int, Team] = {}
+
+
+def team(n_threads: int) -> Team:
+    """The process's team of n_threads threads (created on first use)."""
+    t = _teams.get(n_threads)
+    if t is None:
+        t = _teams[n_threads] = Team(n_threads)
+    return t
+
+
+@atexit.register
+def _close_all() -> None:
+    for t in _teams.values():
+        t.close()
