@@ -46,6 +46,10 @@ def _numba_cache_dir() -> str:
 
 if "NUMBA_CACHE_DIR" not in _os.environ:
     _os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()
+    import sys as _sys
+
+    if "numba" in _sys.modules:  # imported before us: it read the environment already
+        _sys.modules["numba"].config.CACHE_DIR = _os.environ["NUMBA_CACHE_DIR"]
 
 __version__ = "0.1.0"
 

@@ -40,8 +40,8 @@ from .kquants import (
 )
 from . import jobs
 from .gemm import GROUP_ROWS
-from .matvec import f16_table, quantize_x, quantize_x16
-from .team import run_job, team
+from .matvec import f16_table, quantize_into_8, quantize_into_16
+from .team import team
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
     dequantize_block_q5_1, dequantize_block_q8_0,
@@ -63,7 +63,7 @@ TILE_BYTES = 4 << 20
 CHUNK_ROWS = 16
 
 
-@njit(cache=True, fastmath=False)
+@njit(cache=True, fastmath=False, inline="always")
 def dequantize_row(row, ggml_type, out):
     """row: uint8 [row_bytes] of type ggml_type -> out: float32 [n_cols]."""
     n_cols = out.shape[0]
@@ -222,12 +222,12 @@ class WeightGroup:
         kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM
         t = current_team()
         ys = []
-        for i, (part, (data, types, pad)) in enumerate(zip(self.parts, self.jobs)):
+        for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
             outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
             with t.lock:
-                asleep = _weights_job(t.ctl, t.desc, kind, data, types, x, _F16, outs_part, t.n_threads)
-            if asleep:
-                t.wake()
+                _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads,
+                              t.scratch(_scratch_bytes(kind, x.shape[0], self.n_cols)))
+                t.run()
             ys += outs_part[: len(part)]
         return ys
 
@@ -253,21 +253,30 @@ def current_team():
     return _current[0]
 
 
-@njit(cache=True, nogil=True)
-def _weights_job(ctl, desc, kind, weights, types, x, f16, outs, n_threads):
-    """outs[w] = x @ weights[w].T as one team job: jobs.MATVEC for a few x rows (x in 8-bit
-    codes), jobs.GEMM for many (16-bit codes); returns run_job's count of sleeping workers."""
-    if kind == jobs.GEMM:  # the quantized x lives as an argument: until every item has read it
-        return _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, *quantize_x16(x))
-    return _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, *quantize_x(x))
+def _scratch_bytes(kind: int, n: int, n_cols: int) -> int:
+    """Bytes _fill_weights needs for the quantized x: codes, then three float arrays, each
+    starting on a 64-byte boundary."""
+    codes = n * n_cols * (2 if kind == jobs.GEMM else 1)
+    return -(-codes // 64) * 64 + 3 * (-(-(4 * n * (n_cols // 16)) // 64) * 64)
 
 
 @njit(cache=True, nogil=True)
-def _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, xq, xd, xs32, xs16):
+def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
+    """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
+    rows (8-bit codes), jobs.GEMM for many (16-bit codes)."""
     n, n_cols = x.shape
+    codes = -(-n * n_cols * (2 if kind == jobs.GEMM else 1) // 64) * 64
+    floats = -(-4 * n * (n_cols // 16) // 64) * 64
+    xd = scratch[codes : codes + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
+    xs32 = scratch[codes + floats : codes + floats + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
+    xs16 = scratch[codes + 2 * floats : codes + 2 * floats + 4 * n * (n_cols // 16)].view(np.float32).reshape(n, n_cols // 16)
+    if kind == jobs.GEMM:
+        quantize_into_16(x, scratch[: 2 * n * n_cols].view(np.int16).reshape(n, n_cols), xd, xs32, xs16)
+    else:
+        quantize_into_8(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
-    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, xq.ctypes.data, xd.ctypes.data
+    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, scratch.ctypes.data, xd.ctypes.data
     desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
     desc[jobs.MV_F16] = f16.ctypes.data
     desc[jobs.MV_WEIGHTS] = len(weights)
@@ -285,7 +294,6 @@ def _post_weights(ctl, desc, kind, weights, types, x, f16, outs, n_threads, xq, 
         desc[f + jobs.W_FIRST_ITEM], desc[f + jobs.W_ITEM_ROWS] = items, item_rows
         items += -(-rows // item_rows)
     desc[jobs.N_ITEMS] = items
-    return run_job(ctl, desc)
 
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:

@@ -13,15 +13,15 @@ For a group of 8 rows, a panel (scratch, in L1/L2) holds, per 32 values v of a r
     16 vectors of 32 bytes, vector j = [row 0's codes 2j, 2j+1 as int16, row 1's, ..., row 7's]
     the rows' scales, scales of values 16-31 (Q6_K), offsets, offsets of values 16-31: 4 x 8 floats
 
-built once per group (unpacked, widened, then 8x8 transposes of 32-bit words). Then for every
+built once per group (unpacked, widened, then transposes of 32-bit words). Then for every
 token and every 32 values, 16 dot-product instructions (VNNI vpdpwssd: 2 int16 x int16 products
 per lane, the token's 2 codes broadcast to all 8 lanes) give the 8 rows' integer dots, and
 
     out[token, rows] += scales * xd[token, v] * float(dots) + offsets * xs32[token, v]
 
 Tokens go 8 at a time (8 independent accumulators; the panel vectors are loaded once for the 8),
-then one at a time for the rest. panel_<type> builds a panel (the only per-type code), and
-panel_times_x multiplies one by a range of tokens.
+then one at a time for the rest. unpack_<type> (the only per-type code) and transpose_panel
+build a panel, and panel_times_x multiplies one by a range of tokens.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .matvec import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
-from .simd import F32, I16, I32, I64, QUANT_TYPES, VNNI_512, Emitter, idot16, vec
+from .simd import F32, I8, I16, I32, I64, QUANT_TYPES, VNNI_512, Emitter, idot16, outlined, vec
 
 # Rows per panel: the int32 lanes of one dot instruction, 16 with AVX-512 VNNI (on CPUs that
 # run 512-bit vectors at full width that doubles the work per instruction; elsewhere it halves
@@ -76,48 +76,52 @@ def _code_vectors(e, codes):
     return out
 
 
-def _gather(e, values):
-    """GROUP_ROWS float scalars as one vector."""
-    v = ir.Constant(vec(F32, GROUP_ROWS), None)
-    for i, x in enumerate(values):
-        v = e.b.insert_element(v, x, ir.Constant(I32, i))
-    return v
-
-
 def _panel_ptr(e, sub, offset, t):
     """Pointer (to t) at panel + sub * PANEL_SUB_BYTES + offset."""
     p = e.gep(e.gep(e.panel, e.mul(sub, PANEL_SUB_BYTES)), offset)
     return e.b.bitcast(p, t.as_pointer())
 
 
-def _build_panel(e, qt, rows, row_bytes, n_subs):
-    """Unpack rows r0..r0 + GROUP_ROWS - 1 (the last row repeated past the end of W)."""
+def _unpack_rows(e, qt, rows, row_bytes, n_subs):
+    """Rows r0..r0 + GROUP_ROWS - 1 of data (the last row repeated past the end of W) into
+    codes (uint8 [GROUP_ROWS, n_cols]: each row's unsigned codes) and fields (float32
+    [4, n_subs, GROUP_ROWS]: scale, scale of values 16-31, offset, offset of values 16-31)."""
     b = e.b
     zero = ir.Constant(F32, 0.0)
     last = b.sub(rows, ir.Constant(I64, 1))
-    row_views = []
-    for r in range(GROUP_ROWS):
-        index = b.add(e.r0, ir.Constant(I64, r))
+    per_block = qt.block_values // 32
+    n_cols = b.mul(n_subs, ir.Constant(I64, 32))
+    with cgutils.for_range(b, ir.Constant(I64, GROUP_ROWS)) as row_loop:
+        r = row_loop.index
+        index = b.add(e.r0, r)
         index = b.select(b.icmp_signed(">", index, last), last, index)
-        row_views.append(e.at_row(e.gep(e.data, b.mul(index, row_bytes))))
-    subs_per_block = qt.block_values // 32
-    n_blocks = b.udiv(n_subs, ir.Constant(I64, subs_per_block))
-    with cgutils.for_range(b, n_blocks) as loop:
-        base = e.mul(loop.index, qt.block_bytes)
-        per_row = [qt.subs(view, base) for view in row_views]  # [row][sub in block]
-        for i in range(subs_per_block):
-            v = e.add(e.mul(loop.index, subs_per_block), i)
-            subs = [per_row[r][i] for r in range(GROUP_ROWS)]
-            for j, codes in enumerate(_code_vectors(e, [s.u for s in subs])):
-                b.store(codes, _panel_ptr(e, v, VECTOR_BYTES * j, vec(I32, GROUP_ROWS)), align=4)
-            fields = (
-                [s.scale for s in subs],
-                [s.scale_hi if s.scale_hi is not None else s.scale for s in subs],
-                [s.off if s.off is not None else zero for s in subs],
-                [s.off_hi if s.off_hi is not None else zero for s in subs],
-            )
-            for k, values in enumerate(fields):
-                b.store(_gather(e, values), _panel_ptr(e, v, FIELDS_AT + VECTOR_BYTES * k, vec(F32, GROUP_ROWS)), align=4)
+        view = e.at_row(e.gep(e.data, b.mul(index, row_bytes)))
+        with cgutils.for_range(b, b.udiv(n_subs, ir.Constant(I64, per_block))) as blocks:
+            for i, sub in enumerate(qt.subs(view, e.mul(blocks.index, qt.block_bytes))):
+                v = e.add(e.mul(blocks.index, per_block), i)
+                dst = e.gep(e.codes, b.add(b.mul(r, n_cols), e.mul(v, 32)))
+                b.store(sub.u, b.bitcast(dst, vec(I8, 32).as_pointer()), align=1)
+                fields = (sub.scale, sub.scale_hi if sub.scale_hi is not None else sub.scale,
+                          sub.off if sub.off is not None else zero, sub.off_hi if sub.off_hi is not None else zero)
+                for k, value in enumerate(fields):
+                    at = b.add(b.mul(b.add(b.mul(ir.Constant(I64, k), n_subs), v), ir.Constant(I64, GROUP_ROWS)), r)
+                    b.store(value, e.gep(e.fields, at))
+
+
+def _transpose_panel(e, n_subs):
+    """The panel (see the module docstring) from unpack's codes and fields."""
+    b = e.b
+    n_cols = b.mul(n_subs, ir.Constant(I64, 32))
+    with cgutils.for_range(b, n_subs) as loop:
+        v = loop.index
+        codes = [b.load(b.bitcast(e.gep(e.codes, b.add(e.mul(n_cols, r), e.mul(v, 32))), vec(I8, 32).as_pointer()),
+                        align=1) for r in range(GROUP_ROWS)]
+        for j, words in enumerate(_code_vectors(e, codes)):
+            b.store(words, _panel_ptr(e, v, VECTOR_BYTES * j, vec(I32, GROUP_ROWS)), align=4)
+        for k in range(4):
+            src = e.gep(e.fields, b.mul(b.add(b.mul(ir.Constant(I64, k), n_subs), v), ir.Constant(I64, GROUP_ROWS)))
+            values = b.load(b.bitcast(src, vec(F32, GROUP_ROWS).as_pointer()), align=4)
+            b.store(values, _panel_ptr(e, v, FIELDS_AT + VECTOR_BYTES * k, vec(F32, GROUP_ROWS)), align=4)
 
 
 def _splat_pair(e, ptr):
@@ -178,23 +182,34 @@ def _tokens(e, halves, c0, count, n_subs, n_cols, rows):
                         b.store(b.extract_element(acc, ir.Constant(I32, lane)), e.gep(dst, lane))
 
 
-def _panel(qt):
-    """panel_<type>(data, r0, f16, panel): the panel of rows r0..r0+7 of data (uint8
-    [rows, row_bytes] of this type) into panel (uint8 [n_cols / 32 * PANEL_SUB_BYTES])."""
+def _unpack(qt):
+    """unpack_<type>(data, r0, f16, codes, fields): _unpack_rows for this type (outlined, and
+    kept apart from the transpose: together, LLVM's instruction combiner spent seconds folding
+    Q5_K's and Q6_K's bit fields through the transpose on a first run)."""
 
-    def generic(typingctx, data, r0, f16, panel):
-        sig = types.void(data, r0, f16, panel)
+    def generic(typingctx, data, r0, f16, codes, fields):
+        sig = types.void(data, r0, f16, codes, fields)
 
         def codegen(context, builder, signature, args):
-            e = Emitter(context, builder, signature, args, ("data", "r0", "f16", "panel"))
-            rows, row_bytes = e.shape(0, 0), e.shape(0, 1)
-            n_subs = builder.udiv(e.shape(3), ir.Constant(I64, PANEL_SUB_BYTES))
-            _build_panel(e, qt, rows, row_bytes, n_subs)
-            return context.get_dummy_value()
+            e = Emitter(context, builder, signature, args, ("data", "r0", "f16", "codes", "fields"))
+            n_subs = builder.udiv(e.shape(3, 1), ir.Constant(I64, 32))
+            _unpack_rows(e, qt, e.shape(0, 0), e.shape(0, 1), n_subs)
 
-        return sig, codegen
+        return sig, outlined(f"unpack_{qt.name}", codegen)
 
     return intrinsic(generic)
+
+
+@intrinsic
+def transpose_panel(typingctx, codes, fields, panel):
+    """transpose_panel(codes, fields, panel): a panel from unpack_<type>'s buffers."""
+    sig = types.void(codes, fields, panel)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args, ("codes", "fields", "panel"))
+        _transpose_panel(e, builder.udiv(e.shape(0, 1), ir.Constant(I64, 32)))
+
+    return sig, outlined("transpose_panel", codegen)
 
 
 def _panel_times_x(halves):
@@ -215,21 +230,14 @@ def _panel_times_x(halves):
             done = builder.add(e.c0, e.mul(builder.udiv(count, ir.Constant(I64, TOKENS)), TOKENS))
             with cgutils.for_range(builder, builder.sub(e.c1, done)) as loop:
                 _tokens(e, halves, builder.add(done, loop.index), 1, n_subs, n_cols, e.rows)
-            return context.get_dummy_value()
 
-        return sig, codegen
+        return sig, outlined("panel_times_x_halves" if halves else "panel_times_x", codegen)
 
     return intrinsic(generic)
 
 
-panel_q8_0 = _panel(QUANT_TYPES["q8_0"])
-panel_q4_0 = _panel(QUANT_TYPES["q4_0"])
-panel_q4_1 = _panel(QUANT_TYPES["q4_1"])
-panel_q5_0 = _panel(QUANT_TYPES["q5_0"])
-panel_q5_1 = _panel(QUANT_TYPES["q5_1"])
-panel_q4_k = _panel(QUANT_TYPES["q4_k"])
-panel_q5_k = _panel(QUANT_TYPES["q5_k"])
-panel_q6_k = _panel(QUANT_TYPES["q6_k"])
+unpack_q8_0, unpack_q4_0, unpack_q4_1, unpack_q5_0, unpack_q5_1, unpack_q4_k, unpack_q5_k, unpack_q6_k = (
+    _unpack(QUANT_TYPES[name]) for name in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"))
 panel_times_x = _panel_times_x(False)
 panel_times_x_halves = _panel_times_x(True)  # Q6_K: a scale per 16 values
 
@@ -239,27 +247,27 @@ panel_times_x_halves = _panel_times_x(True)  # Q6_K: a scale per 16 values
 TOKEN_BLOCK = 64
 
 
-@njit(cache=True, nogil=True)
-def _build(data, ggml_type, r0, f16, panel):
+@njit(cache=True, nogil=True, inline="always")
+def _unpack_any(data, ggml_type, r0, f16, codes, fields):
     if ggml_type == Q8_0:
-        panel_q8_0(data, r0, f16, panel)
+        unpack_q8_0(data, r0, f16, codes, fields)
     elif ggml_type == Q4_0:
-        panel_q4_0(data, r0, f16, panel)
+        unpack_q4_0(data, r0, f16, codes, fields)
     elif ggml_type == Q4_1:
-        panel_q4_1(data, r0, f16, panel)
+        unpack_q4_1(data, r0, f16, codes, fields)
     elif ggml_type == Q5_0:
-        panel_q5_0(data, r0, f16, panel)
+        unpack_q5_0(data, r0, f16, codes, fields)
     elif ggml_type == Q5_1:
-        panel_q5_1(data, r0, f16, panel)
+        unpack_q5_1(data, r0, f16, codes, fields)
     elif ggml_type == Q4_K:
-        panel_q4_k(data, r0, f16, panel)
+        unpack_q4_k(data, r0, f16, codes, fields)
     elif ggml_type == Q5_K:
-        panel_q5_k(data, r0, f16, panel)
+        unpack_q5_k(data, r0, f16, codes, fields)
     elif ggml_type == Q6_K:
-        panel_q6_k(data, r0, f16, panel)
+        unpack_q6_k(data, r0, f16, codes, fields)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def gemm_rows(data, ggml_type, xq, xd, xs32, xs16, f16, out, start, stop):
     """out[:, start:stop] = x @ W[start:stop].T for x quantized to 16 bits (quantize_x16: xq,
     xd, xs32, xs16 [n, ...]); start a multiple of GROUP_ROWS. One work item of a team job
@@ -269,8 +277,11 @@ def gemm_rows(data, ggml_type, xq, xd, xs32, xs16, f16, out, start, stop):
     sub_bytes = (n_cols // 32) * PANEL_SUB_BYTES
     n_panels = -(-(stop - start) // GROUP_ROWS)
     panels = np.empty((n_panels, sub_bytes), np.uint8)
+    codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
+    fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
     for p in range(n_panels):
-        _build(data, ggml_type, start + GROUP_ROWS * p, f16, panels[p])
+        _unpack_any(data, ggml_type, start + GROUP_ROWS * p, f16, codes, fields)
+        transpose_panel(codes, fields, panels[p])
     for c0 in range(0, n, TOKEN_BLOCK):
         c1 = min(n, c0 + TOKEN_BLOCK)
         for p in range(n_panels):

@@ -5,7 +5,10 @@ what to compute and where the arrays are (raw addresses), cut into numbered work
     desc[N_ITEMS]   how many work items it has
     desc[2:]        the job's own fields (below)
 
-`run_item(desc, i)` does item i; any thread may run any item, in any order. A job's arrays must
+`run_item(desc, i)` does item i; any thread may run any item, in any order. The functions from
+run_item down to the kernels are inlined (numba inline="always") into the team's one entry,
+team.serve: numba compiles each njit function with everything it calls, so every level of
+calls between serve and the kernels would compile the kernels again (3-4 s each, cold). A job's arrays must
 stay alive until the job is done: the thread that posts it holds them and waits.
 
 MATVEC, outs[w] = x @ W_w.T for up to GROUP weights of n_cols columns each (Q, K, V; gate, up),
@@ -44,12 +47,12 @@ DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
  AT_QPOS, AT_KPOS, AT_OUT, AT_SCORES, AT_SCALE, AT_WINDOW) = range(2, 19)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _f32(addr, shape):
     return carray(address_as_pointer(addr, np.float32), shape)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def weights_item(desc, item):
     w = 0
     while w + 1 < desc[MV_WEIGHTS] and item >= desc[MV_W0 + MV_W_FIELDS * (w + 1) + W_FIRST_ITEM]:
@@ -72,7 +75,7 @@ def weights_item(desc, item):
         matvec_rows(data, desc[f + W_TYPE], x, xq, xd, xs32, xs16, f16, out, start, stop)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def attend_item(desc, item):
     n_head, hd, hd_v, m = desc[AT_HEADS], desc[AT_HD], desc[AT_HD_V], desc[AT_M]
     i, h = item // n_head, item % n_head
@@ -87,7 +90,7 @@ def attend_item(desc, item):
                _f32(desc[AT_SCORES] + 4 * item * m, (m,)), _f32(desc[AT_OUT] + 4 * (i * n_head + h) * hd_v, (hd_v,)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def run_item(desc, item):
     if desc[KIND] == MATVEC or desc[KIND] == GEMM:
         weights_item(desc, item)

@@ -12,8 +12,8 @@ import numpy as np
 from numba import njit
 
 from .simd import (
-    dot_bf16, dot_f16, dot_f32, dot_q4_0, dot_q4_1, dot_q4_k, dot_q5_0, dot_q5_1, dot_q5_k, dot_q6_k,
-    dot_q8_0, quantize_row_8, quantize_row_16,
+    quantize_row_8, quantize_row_16, rows_bf16, rows_f16, rows_f32, rows_q4_0, rows_q4_1, rows_q4_k, rows_q5_0,
+    rows_q5_1, rows_q5_k, rows_q6_k, rows_q8_0,
 )
 
 # Same ints as in dispatch.py (gguf.GGMLQuantizationType).
@@ -29,64 +29,61 @@ def f16_table() -> np.ndarray:
     return table
 
 
-@njit(cache=True)
-def dot_row(row, ggml_type, x, xq, xd, xs32, xs16, f16):
-    """One row of raw blocks of ggml_type times x (float32 [n_cols]; quantize_x gives the rest)."""
-    if ggml_type == Q8_0:
-        return dot_q8_0(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q4_0:
-        return dot_q4_0(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q4_1:
-        return dot_q4_1(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q5_0:
-        return dot_q5_0(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q5_1:
-        return dot_q5_1(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q4_K:
-        return dot_q4_k(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q5_K:
-        return dot_q5_k(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == Q6_K:
-        return dot_q6_k(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == F16:
-        return dot_f16(row, x, xq, xd, xs32, xs16, f16)
-    if ggml_type == BF16:
-        return dot_bf16(row, x, xq, xd, xs32, xs16, f16)
-    return dot_f32(row, x, xq, xd, xs32, xs16, f16)
-
-
 @njit(cache=True, nogil=True)
-def quantize_x(x):
-    """x float32 [n, n_cols] (n_cols a multiple of 32) -> (xq int8 [n, n_cols], xd float32
-    [n, n_cols / 32], xs32 float32 [n, n_cols / 32], xs16 float32 [n, n_cols / 16]): per block
+def quantize_into_8(x, xq, xd, xs32, xs16):
+    """x float32 [n, n_cols] (n_cols a multiple of 32) -> xq int8 [n, n_cols], xd float32
+    [n, n_cols / 32], xs32 float32 [n, n_cols / 32], xs16 float32 [n, n_cols / 16]: per block
     of 32, xd = max |x| / 127 and xq = round(x / xd), so xq * xd is x to half a step; xs32 and
     xs16 are the sums of xq * xd over each 32 and 16 values (the quantized types' offsets)."""
-    n, n_cols = x.shape
-    xq = np.empty((n, n_cols), np.int8)
-    xd, xs32 = np.empty((n, n_cols // 32), np.float32), np.empty((n, n_cols // 32), np.float32)
-    xs16 = np.empty((n, n_cols // 16), np.float32)
-    for k in range(n):
+    for k in range(x.shape[0]):
         quantize_row_8(x[k], xq[k], xd[k], xs32[k], xs16[k])
-    return xq, xd, xs32, xs16
 
 
 @njit(cache=True, nogil=True)
-def quantize_x16(x):
-    """quantize_x with 16-bit codes (xd = max |x| / 32767): the prefill GEMM's x."""
+def quantize_into_16(x, xq, xd, xs32, xs16):
+    """quantize_into_8 with 16-bit codes (xd = max |x| / 32767): the prefill GEMM's x."""
+    for k in range(x.shape[0]):
+        quantize_row_16(x[k], xq[k], xd[k], xs32[k], xs16[k])
+
+
+def quantize_x(x: np.ndarray, bits: int = 8):
+    """(xq, xd, xs32, xs16) as new arrays (quantize_into_8 / _16)."""
     n, n_cols = x.shape
-    xq = np.empty((n, n_cols), np.int16)
+    xq = np.empty((n, n_cols), np.int8 if bits == 8 else np.int16)
     xd, xs32 = np.empty((n, n_cols // 32), np.float32), np.empty((n, n_cols // 32), np.float32)
     xs16 = np.empty((n, n_cols // 16), np.float32)
-    for k in range(n):
-        quantize_row_16(x[k], xq[k], xd[k], xs32[k], xs16[k])
+    (quantize_into_8 if bits == 8 else quantize_into_16)(np.ascontiguousarray(x, np.float32), xq, xd, xs32, xs16)
     return xq, xd, xs32, xs16
 
 
-@njit(cache=True, nogil=True)
+def quantize_x16(x: np.ndarray):
+    return quantize_x(x, 16)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def matvec_rows(data, ggml_type, x, xq, xd, xs32, xs16, f16, out, start, stop):
     """out[k, r] = row r of data (of ggml_type) . x[k] for rows start..stop: one work item of a
     team job (jobs.py). data uint8 [rows, row_bytes]; x float32 [n, n_cols] and its quantized
-    form (quantize_x); out float32 [n, rows]."""
-    for r in range(start, stop):
-        for k in range(x.shape[0]):
-            out[k, r] = dot_row(data[r], ggml_type, x[k], xq[k], xd[k], xs32[k], xs16[k], f16)
+    form (quantize_into_8); out float32 [n, rows]."""
+    if ggml_type == Q8_0:
+        rows_q8_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q4_0:
+        rows_q4_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q4_1:
+        rows_q4_1(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q5_0:
+        rows_q5_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q5_1:
+        rows_q5_1(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q4_K:
+        rows_q4_k(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q5_K:
+        rows_q5_k(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == Q6_K:
+        rows_q6_k(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == F16:
+        rows_f16(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    elif ggml_type == BF16:
+        rows_bf16(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+    else:
+        rows_f32(data, x, xq, xd, xs32, xs16, f16, out, start, stop)

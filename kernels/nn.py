@@ -16,7 +16,6 @@ from numba import njit, prange
 from . import jobs
 from .dispatch import current_team, parallel_map
 from .simd import exp_inplace
-from .team import run_job
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
 ROPE_NEOX = 2  # rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3
@@ -244,15 +243,14 @@ def _attention_few(q, k, v, q_pos, k_pos, scale, window) -> np.ndarray:
     scores = np.empty((n * n_head, k.shape[1]), np.float32)
     t = current_team()
     with t.lock:
-        asleep = _attend_job(t.ctl, t.desc, q, k, v, np.ascontiguousarray(q_pos, dtype=np.int64),
-                             np.ascontiguousarray(k_pos, dtype=np.int64), scale, window, scores, out)
-    if asleep:
-        t.wake()
+        _fill_attend(t.desc, q, k, v, np.ascontiguousarray(q_pos, dtype=np.int64),
+                     np.ascontiguousarray(k_pos, dtype=np.int64), scale, window, scores, out)
+        t.run()
     return out.reshape(n, -1)
 
 
 @njit(cache=True, nogil=True)
-def _attend_job(ctl, desc, q, k, v, q_pos, k_pos, scale, window, scores, out):
+def _fill_attend(desc, q, k, v, q_pos, k_pos, scale, window, scores, out):
     n, n_head, hd = q.shape
     desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.ATTEND, n * n_head
     desc[jobs.AT_N], desc[jobs.AT_HEADS], desc[jobs.AT_HD], desc[jobs.AT_HD_V] = n, n_head, hd, v.shape[2]
@@ -262,4 +260,3 @@ def _attend_job(ctl, desc, q, k, v, q_pos, k_pos, scale, window, scores, out):
     desc[jobs.AT_QPOS], desc[jobs.AT_KPOS] = q_pos.ctypes.data, k_pos.ctypes.data
     desc[jobs.AT_OUT], desc[jobs.AT_SCORES], desc[jobs.AT_WINDOW] = out.ctypes.data, scores.ctypes.data, window
     desc[jobs.AT_SCALE:jobs.AT_SCALE + 1].view(np.float64)[0] = scale
-    return run_job(ctl, desc)

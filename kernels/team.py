@@ -17,7 +17,8 @@ Protocol (ctl, an int64 array; each field on its own cache line):
     ctl[STOP]    1: workers return for good
 A post writes the descriptor, DONE = 0, then LEFT = N_ITEMS (sequentially consistent): a thread
 that claims an item has seen the whole descriptor. The posting thread works on its own job too,
-so a team of n threads has n - 1 workers.
+so a team of n threads has n - 1 workers. Python posts a job in two calls: a kernel's fill
+function writes the descriptor, then Team.run() runs it (both under Team.lock).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ IDLE_S = 0.004  # a worker spins this long without a job before it sleeps
 RETURN_STOP, RETURN_IDLE = 1, 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _claim_and_run(ctl, desc):
     """Run items of the posted job until none is left unclaimed, then count them in DONE (once:
     the DONE line then moves between cores once per thread and job, not once per item).
@@ -57,12 +58,26 @@ def _claim_and_run(ctl, desc):
 
 
 @njit(cache=True, nogil=True)
-def worker_loop(ctl, desc, idle_spins):
-    """A worker's life between two sleeps: run items while there are any, spin while there are
-    none, return RETURN_IDLE after idle_spins spins without work (counted in ASLEEP)."""
+def serve(ctl, desc, post, idle_spins):
+    """The team's one compiled entry, so that the code of every job compiles into one function
+    (each njit caller of the job code would compile it again: ~3 s apiece on a first run).
+
+    post=True: post desc (filled in by the caller), work on it, return once every item is done,
+    returning how many workers are asleep (the caller wakes them for the next job).
+    post=False: a worker's life between two sleeps: run items while there are any, spin while
+    there are none, return RETURN_IDLE after idle_spins spins without work (counted in ASLEEP),
+    or RETURN_STOP."""
+    if post:
+        atomic_store(ctl, DONE, 0)
+        atomic_store(ctl, LEFT, desc[N_ITEMS])
     spins = 0
     while True:
-        if _claim_and_run(ctl, desc) > 0:
+        ran = _claim_and_run(ctl, desc)  # the one call site: the job code is inlined here only
+        if post:
+            while atomic_load(ctl, DONE) < desc[N_ITEMS]:
+                cpu_relax()
+            return atomic_load(ctl, ASLEEP)
+        if ran > 0:
             spins = 0
             continue
         if atomic_load(ctl, STOP):
@@ -77,19 +92,6 @@ def worker_loop(ctl, desc, idle_spins):
 @njit(cache=True, nogil=True)
 def woke(ctl):
     atomic_add(ctl, ASLEEP, -1)
-
-
-@njit(cache=True, nogil=True)
-def run_job(ctl, desc):
-    """Post desc (filled in by the caller), work on it, return once every item is done; returns
-    how many workers are asleep (the caller wakes them for the next job)."""
-    n = desc[N_ITEMS]
-    atomic_store(ctl, DONE, 0)
-    atomic_store(ctl, LEFT, n)
-    _claim_and_run(ctl, desc)
-    while atomic_load(ctl, DONE) < n:
-        cpu_relax()
-    return atomic_load(ctl, ASLEEP)
 
 
 @njit(cache=True, nogil=True)
@@ -116,6 +118,7 @@ class Team:
         self.ctl = np.zeros(CTL_SIZE, np.int64)
         self.desc = np.zeros(DESC_SIZE, np.int64)
         self.lock = threading.Lock()  # one job at a time, whichever Python thread posts it
+        self._scratch = np.empty(0, np.uint8)
         self.idle_spins = int(IDLE_S * _spins_per_second())
         self.wakeups = [threading.Event() for _ in range(n_threads - 1)]
         self.workers = [threading.Thread(target=self._serve, args=(ev,), daemon=True,
@@ -124,10 +127,22 @@ class Team:
             w.start()
 
     def _serve(self, wakeup: threading.Event) -> None:
-        while worker_loop(self.ctl, self.desc, self.idle_spins) == RETURN_IDLE:
+        while serve(self.ctl, self.desc, False, self.idle_spins) == RETURN_IDLE:
             wakeup.wait()
             wakeup.clear()
             woke(self.ctl)
+
+    def run(self) -> None:
+        """Run the job in desc (the caller holds self.lock and has just filled it in)."""
+        if serve(self.ctl, self.desc, True, 0):
+            self.wake()
+
+    def scratch(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of at least nbytes that jobs may fill with their temporaries (the
+        quantized x): owned here, so it outlives the job; grown, never shrunk."""
+        if self._scratch.size < nbytes:
+            self._scratch = np.empty(max(nbytes, 2 * self._scratch.size), np.uint8)
+        return self._scratch
 
     def wake(self) -> None:
         for ev in self.wakeups:

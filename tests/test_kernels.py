@@ -208,28 +208,29 @@ def test_matmul_group_equals_one_matmul_per_weight(tensors):
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86 assembly")
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t != T.F32], ids=lambda t: t.name)
 def test_row_dots_are_simd_code(tensors, qtype):
-    """Each type's row dot (what the decode mat-vec runs per row) must be whole-vector code with
-    no gathers (what a vectorizer emits when it gives up on a block's layout): float rows packed
-    float FMAs on 8 or 16 lanes (ymm/zmm); quantized rows integer dot instructions (VNNI's
-    vpdpbusd, else AVX2's vpmaddubsw) feeding packed float FMAs. Compiled afresh: cached code
-    cannot be read."""
+    """Each type's decode rows (rows . x, what a mat-vec work item runs) must be whole-vector
+    code with no gathers (what a vectorizer emits when it gives up on a block's layout): float
+    rows packed float FMAs on 8 or 16 lanes (ymm/zmm); quantized rows integer dot instructions
+    (VNNI's vpdpbusd, else the widening vpmaddwd) feeding packed float FMAs. Compiled afresh:
+    cached code cannot be read."""
     import numba
 
     from edgellm.kernels import simd
     from edgellm.kernels.matvec import f16_table, quantize_x
 
-    dot = getattr(simd, f"dot_{qtype.name.lower()}")
-    kernel = numba.njit(lambda row, x, xq, xd, xs32, xs16, f16: dot(row, x, xq, xd, xs32, xs16, f16))
+    rows = getattr(simd, f"rows_{qtype.name.lower()}")
+    kernel = numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out:
+                        rows(data, x, xq, xd, xs32, xs16, f16, out, 0, data.shape[0]))
     data, n_cols = tensors[qtype]
     x = np.random.default_rng(0).standard_normal((1, n_cols), dtype=np.float32)
-    xq, xd, xs32, xs16 = quantize_x(x)
-    got = kernel(data[0], x[0], xq[0], xd[0], xs32[0], xs16[0], f16_table())
-    expected = reference(data[:1], qtype, n_cols)[0] @ seen_x(x, qtype)[0].astype(np.float64)
-    assert got == pytest.approx(float(expected), rel=1e-4, abs=1e-4)
+    out = np.zeros((1, 2), np.float32)
+    kernel(np.ascontiguousarray(data[:2]), x, *quantize_x(x), f16_table(), out)
+    expected = reference(data[:2], qtype, n_cols) @ seen_x(x, qtype)[0].astype(np.float64)
+    np.testing.assert_allclose(out[0], expected, rtol=1e-4, atol=1e-4)
     asm = kernel.inspect_asm(kernel.signatures[0])
     assert re.search(r"\bvfmadd\d+ps\s+[^\n]*%[yz]mm", asm)
     if qtype not in FLOAT_TYPES:
-        assert re.search(r"\b(vpdpbusd|vpmaddubsw)\s+[^\n]*%[yz]mm", asm)
+        assert re.search(r"\b(vpdpbusd|vpmaddwd)\s+[^\n]*%[yz]mm", asm)
     assert "vgather" not in asm
 
 
@@ -295,9 +296,9 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(tensors):
     matmul(np.ones((1, n_cols), np.float32), data, T.Q8_0, n_cols)  # compiled and cached here
     script = (
         "import numpy as np\n"
-        "from edgellm.kernels import dispatch, matmul\n"
+        "from edgellm.kernels import dispatch, matmul, team\n"
         "matmul(np.ones((1, 32), np.float32), np.zeros((1, 34), np.uint8), 8, 32)\n"
-        "print(sum(dispatch._weights_job.stats.cache_misses.values()))\n"
+        "print(sum(dispatch._fill_weights.stats.cache_misses.values()) + sum(team.serve.stats.cache_misses.values()))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=os.environ.copy(), timeout=120)
