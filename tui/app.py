@@ -159,8 +159,10 @@ class ChatApp(App):
         return notice
 
     def _update_status(self, extra: str = "") -> None:
+        """The status line; extra (what is happening now: "answering…") goes first, where a
+        narrow terminal does not cut it off."""
         text = status_line(self.chat, self.model_name) if self.chat is not None else "loading…"
-        self.query_one("#status", Static).update(text + (f" · {extra}" if extra else ""))
+        self.query_one("#status", Static).update((f"{extra} · " if extra else "") + text)
 
     # --- loading ------------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="load")
