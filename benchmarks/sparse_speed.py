@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import gguf
-import numba
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 import edgellm
 from edgellm import sparse
-from edgellm.kernels import matmul
+from edgellm.kernels import matmul, set_num_threads
 
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]  # (rows, n_cols): q/o, gate/up, down
 BLOCK_BYTES = {Q.Q4_0: 18, Q.Q8_0: 34}
@@ -152,7 +151,7 @@ def main() -> None:
         d, c = decode_tok_s(list(args.pair), args.threads)
         print(f"| {args.pair[0].name} | {d:.2f} tok/s | {args.pair[1].name} | {c:.2f} tok/s | {c / d:.2f}x |")
         return
-    numba.set_num_threads(args.threads)
+    set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     types = [Q[t.upper()] for t in args.types.split(",")]
     print(f"| type | W rows x cols | x rows | dense ms | 2:4 compact ms | speed-up | dense MiB | compact MiB |")

@@ -33,6 +33,7 @@ from gguf import GGMLQuantizationType as Q
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
 from edgellm.kernels import sparse as kernels
+from edgellm.kernels.dispatch import sparse_matmul
 
 PREFIX = "edgellm.sparsity."
 VALUE_TYPES = {"q4_0": Q.Q4_0, "q8_0": Q.Q8_0}
@@ -42,8 +43,6 @@ BLOCK = 32  # columns per scale (the Q4_0 / Q8_0 block)
 ROW_MULTIPLE = 64  # compact rows are whole pairs of blocks (Q4 packs two blocks' nibbles together)
 GROUP = 4  # columns per 2:4 group
 ZERO = {Q.Q4_0: 8, Q.Q8_0: 0}  # the stored integer that means 0.0
-MATVEC_MAX_ROWS = 8  # x rows up to this go through the mat-vec kernel; more through BLAS
-TILE_BYTES = 4 << 20  # float32 scratch per BLAS call in prefill
 
 
 class SparsityError(EdgeLLMError, ValueError):
@@ -70,24 +69,12 @@ class SparseWeight:
         return self.values.nbytes + self.index.nbytes + self.scales.nbytes
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x float32 [n, n_cols] -> x @ W.T, float32 [n, rows]."""
+        """x float32 [n, n_cols] -> x @ W.T, float32 [n, rows] (the kernels' sparse_matmul)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.n_cols:
             raise ValueError(f"x must be [n, {self.n_cols}], got {x.shape}")
-        n, rows = x.shape[0], self.shape[0]
-        out = np.empty((n, rows), np.float32)
-        if n == 0:
-            return out
-        if n <= MATVEC_MAX_ROWS:
-            kernels.matvec(self.values, self.index, self.scales, x, out, self.value_type == Q.Q8_0)
-            return out
-        tile_rows = max(1, min(rows, TILE_BYTES // (4 * self.n_cols)))
-        tile = np.empty((tile_rows, self.n_cols), np.float32)
-        for start in range(0, rows, tile_rows):
-            stop = min(rows, start + tile_rows)
-            self.dequantize_into(start, tile[: stop - start])
-            np.matmul(x, tile[: stop - start].T, out=out[:, start:stop])
-        return out
+        out = np.empty((x.shape[0], self.shape[0]), np.float32)
+        return sparse_matmul(self.values, self.index, self.scales, self.value_type == Q.Q8_0, x, out)
 
     def dequantize_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Rows [start, start + len(out)) as float32, zeros in place: the twin's values exactly."""

@@ -39,6 +39,7 @@ from .kquants import (
     QK_K, dequantize_block_q4_k, dequantize_block_q5_k, dequantize_block_q6_k,
 )
 from . import jobs
+from . import sparse as sparse_kernels
 from .gemm import GROUP_ROWS
 from .matvec import f16_table, quantize_into_8, quantize_into_16
 from .team import team
@@ -260,10 +261,10 @@ def _scratch_bytes(kind: int, n: int, n_cols: int) -> int:
     return -(-codes // 64) * 64 + 3 * (-(-(4 * n * (n_cols // 16)) // 64) * 64)
 
 
-@njit(cache=True, nogil=True)
-def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
-    """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
-    rows (8-bit codes), jobs.GEMM for many (16-bit codes)."""
+@njit(cache=True, nogil=True, inline="always")
+def _quantize_into_scratch(x, scratch, kind, desc):
+    """x quantized into scratch (16-bit codes for jobs.GEMM, else 8-bit) and the addresses of
+    codes, xd, xs32, xs16 in desc's MV_ fields."""
     n, n_cols = x.shape
     codes = -(-n * n_cols * (2 if kind == jobs.GEMM else 1) // 64) * 64
     floats = -(-4 * n * (n_cols // 16) // 64) * 64
@@ -274,10 +275,18 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
         quantize_into_16(x, scratch[: 2 * n * n_cols].view(np.int16).reshape(n, n_cols), xd, xs32, xs16)
     else:
         quantize_into_8(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
-    desc[jobs.KIND] = kind
-    desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
     desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, scratch.ctypes.data, xd.ctypes.data
     desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
+
+
+@njit(cache=True, nogil=True)
+def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
+    """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
+    rows (8-bit codes), jobs.GEMM for many (16-bit codes)."""
+    n, n_cols = x.shape
+    _quantize_into_scratch(x, scratch, kind, desc)
+    desc[jobs.KIND] = kind
+    desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
     desc[jobs.MV_F16] = f16.ctypes.data
     desc[jobs.MV_WEIGHTS] = len(weights)
     items = 0
@@ -294,6 +303,45 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
         desc[f + jobs.W_FIRST_ITEM], desc[f + jobs.W_ITEM_ROWS] = items, item_rows
         items += -(-rows // item_rows)
     desc[jobs.N_ITEMS] = items
+
+
+def sparse_matmul(values: np.ndarray, index: np.ndarray, scales: np.ndarray, q8: bool, x: np.ndarray,
+                  out: np.ndarray) -> np.ndarray:
+    """out = x @ W.T for a 2:4 weight in the compact planes (sparse.py; values uint8 [rows, ...]:
+    Q4 nibbles or Q8 int8 bytes, index uint8 [rows, n_cols / 8], scales uint16 [rows, n_cols /
+    32]), x float32 [n, n_cols], out float32 [n, rows]. As the dense weights: a team job with x in
+    8-bit codes for a few x rows (decode), in 16-bit codes through the GEMM for many."""
+    n, n_cols = x.shape
+    if n == 0:
+        return out
+    kind = jobs.SPARSE if n <= MATVEC_MAX_ROWS else jobs.SPARSE_GEMM
+    gemm = kind == jobs.SPARSE_GEMM
+    t = current_team()
+    with t.lock:
+        _fill_sparse(t.desc, kind, values.view(np.uint8), index, scales, q8, x, _F16, out,
+                     t.n_threads, t.scratch(_scratch_bytes(jobs.GEMM if gemm else jobs.MATVEC, n, n_cols)))
+        t.run()
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, out, n_threads, scratch):
+    n, n_cols = x.shape
+    gemm = kind == jobs.SPARSE_GEMM
+    _quantize_into_scratch(x, scratch, jobs.GEMM if gemm else jobs.MATVEC, desc)
+    rows = values.shape[0]
+    desc[jobs.KIND] = kind
+    desc[jobs.MV_N], desc[jobs.MV_COLS], desc[jobs.MV_F16] = n, n_cols, f16.ctypes.data
+    desc[jobs.SP_VALUES], desc[jobs.SP_VALUE_BYTES] = values.ctypes.data, values.shape[1]
+    desc[jobs.SP_INDEX], desc[jobs.SP_SCALES], desc[jobs.SP_ROWS] = index.ctypes.data, scales.ctypes.data, rows
+    desc[jobs.SP_Q8], desc[jobs.SP_OUT] = 1 if q8 else 0, out.ctypes.data
+    if gemm:
+        item_rows = GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
+    else:
+        bytes_per_row = values.shape[1] + index.shape[1] + 2 * scales.shape[1]
+        item_rows = max(-(-MIN_ITEM_BYTES // bytes_per_row), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+    desc[jobs.SP_ITEM_ROWS] = item_rows
+    desc[jobs.N_ITEMS] = -(-rows // item_rows)
 
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:

@@ -268,24 +268,29 @@ def _unpack_any(data, ggml_type, r0, f16, codes, fields):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def panels_times_x(panels, start, rows, xq, xd, xs32, xs16, out, halves):
+    """out[:, start + GROUP_ROWS * p ...] from panels [n_panels, sub bytes], tokens TOKEN_BLOCK
+    at a time against every panel."""
+    n = xq.shape[0]
+    for c0 in range(0, n, TOKEN_BLOCK):
+        c1 = min(n, c0 + TOKEN_BLOCK)
+        for p in range(panels.shape[0]):
+            if halves:
+                panel_times_x_halves(panels[p], start + GROUP_ROWS * p, rows, xq, xd, xs32, xs16, out, c0, c1)
+            else:
+                panel_times_x(panels[p], start + GROUP_ROWS * p, rows, xq, xd, xs32, xs16, out, c0, c1)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def gemm_rows(data, ggml_type, xq, xd, xs32, xs16, f16, out, start, stop):
     """out[:, start:stop] = x @ W[start:stop].T for x quantized to 16 bits (quantize_x16: xq,
     xd, xs32, xs16 [n, ...]); start a multiple of GROUP_ROWS. One work item of a team job
     (jobs.GEMM): the item's panels first, then tokens TOKEN_BLOCK at a time against each."""
-    n, n_cols = xq.shape
-    rows = data.shape[0]
-    sub_bytes = (n_cols // 32) * PANEL_SUB_BYTES
-    n_panels = -(-(stop - start) // GROUP_ROWS)
-    panels = np.empty((n_panels, sub_bytes), np.uint8)
+    n_cols = xq.shape[1]
+    panels = np.empty((-(-(stop - start) // GROUP_ROWS), (n_cols // 32) * PANEL_SUB_BYTES), np.uint8)
     codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
     fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
-    for p in range(n_panels):
+    for p in range(panels.shape[0]):
         _unpack_any(data, ggml_type, start + GROUP_ROWS * p, f16, codes, fields)
         transpose_panel(codes, fields, panels[p])
-    for c0 in range(0, n, TOKEN_BLOCK):
-        c1 = min(n, c0 + TOKEN_BLOCK)
-        for p in range(n_panels):
-            if ggml_type == Q6_K:
-                panel_times_x_halves(panels[p], start + GROUP_ROWS * p, rows, xq, xd, xs32, xs16, out, c0, c1)
-            else:
-                panel_times_x(panels[p], start + GROUP_ROWS * p, rows, xq, xd, xs32, xs16, out, c0, c1)
+    panels_times_x(panels, start, data.shape[0], xq, xd, xs32, xs16, out, ggml_type == Q6_K)

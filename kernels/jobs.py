@@ -18,6 +18,10 @@ GEMM, the same for many x rows (prefill) of quantized weights, in 16-bit integer
 items are runs of rows that start at multiples of gemm.GROUP_ROWS.
 
 ATTEND, decode attention of a few queries over a KV cache: one item per (query, head).
+
+SPARSE, out = x @ W.T for a few x rows and a 2:4 weight in the compact planes (sparse.py):
+items are runs of rows. SPARSE_GEMM, the same for many x rows in 16-bit integers: items are runs
+of rows that start at multiples of gemm.GROUP_ROWS.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from .atomics import address_as_pointer
 from .attend import attend_one
 from .gemm import gemm_rows
 from .matvec import matvec_rows
+from .sparse import gemm_sparse_rows, sparse_rows
 
 KIND, N_ITEMS = 0, 1
-MATVEC, ATTEND, GEMM = 1, 2, 3
+MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM = 1, 2, 3, 4, 5
 
 # MATVEC and GEMM fields (GEMM does not read MV_X)
 MV_N, MV_COLS, MV_X, MV_XQ, MV_XD, MV_XS32, MV_XS16, MV_F16, MV_WEIGHTS = range(2, 11)
@@ -39,6 +44,12 @@ MV_W0, MV_W_FIELDS = 16, 8  # per weight, from MV_W0 + MV_W_FIELDS * w:
 W_DATA, W_ROWS, W_ROW_BYTES, W_TYPE, W_OUT, W_FIRST_ITEM, W_ITEM_ROWS = range(7)
 GROUP = 3
 DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
+
+# SPARSE and SPARSE_GEMM fields: x as for MATVEC / GEMM (MV_N, MV_COLS, MV_XQ, MV_XD, MV_XS32,
+# MV_XS16, MV_F16), then the weight's planes
+# (VALUES uint8/int8 [rows, VALUE_BYTES], INDEX uint8 [rows, n_cols / 8], SCALES uint16
+# [rows, n_cols / 32]), Q8 (1: int8 values), OUT float32 [n, rows], ITEM_ROWS.
+(SP_VALUES, SP_VALUE_BYTES, SP_INDEX, SP_SCALES, SP_ROWS, SP_Q8, SP_OUT, SP_ITEM_ROWS) = range(16, 24)
 
 # ATTEND fields: q [n, n_head, hd], out [n, n_head, hd_v] (C order); k, v: n_kv heads of
 # [m, hd] / [m, hd_v] rows, each head K_STRIDE / V_STRIDE floats after the previous; q_pos [n],
@@ -91,8 +102,30 @@ def attend_item(desc, item):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def sparse_item(desc, item):
+    n, n_cols, rows = desc[MV_N], desc[MV_COLS], desc[SP_ROWS]
+    index = carray(address_as_pointer(desc[SP_INDEX], np.uint8), (rows, n_cols // 8))
+    scales = carray(address_as_pointer(desc[SP_SCALES], np.uint16), (rows, n_cols // 32))
+    xd = _f32(desc[MV_XD], (n, n_cols // 32))
+    xs32, xs16 = _f32(desc[MV_XS32], (n, n_cols // 32)), _f32(desc[MV_XS16], (n, n_cols // 16))
+    f16, out = _f32(desc[MV_F16], (65536,)), _f32(desc[SP_OUT], (n, rows))
+    start = item * desc[SP_ITEM_ROWS]
+    stop = min(rows, start + desc[SP_ITEM_ROWS])
+    q8 = desc[SP_Q8] == 1
+    values = carray(address_as_pointer(desc[SP_VALUES], np.uint8), (rows, desc[SP_VALUE_BYTES]))
+    if desc[KIND] == SPARSE_GEMM:  # x in 16-bit codes
+        xq16 = carray(address_as_pointer(desc[MV_XQ], np.int16), (n, n_cols))
+        gemm_sparse_rows(values, index, scales, xq16, xd, xs32, xs16, f16, out, start, stop, q8)
+    else:  # x in 8-bit codes
+        xq = carray(address_as_pointer(desc[MV_XQ], np.int8), (n, n_cols))
+        sparse_rows(values, index, scales, xq, xd, f16, out, start, stop, q8)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def run_item(desc, item):
     if desc[KIND] == MATVEC or desc[KIND] == GEMM:
         weights_item(desc, item)
     elif desc[KIND] == ATTEND:
         attend_item(desc, item)
+    elif desc[KIND] == SPARSE or desc[KIND] == SPARSE_GEMM:
+        sparse_item(desc, item)

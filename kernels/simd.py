@@ -85,11 +85,11 @@ class Emitter:
 
     def prefetch(self, base, offset):
         """Ask for the cache line at row + base + offset ahead of its use (read, keep in cache)."""
-        module = self.b.module
-        fn = module.globals.get("llvm.prefetch.p0")
-        if fn is None:
-            fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(I8), I32, I32, I32]), "llvm.prefetch.p0")
-        p = self.b.bitcast(self.gep(self.gep(self.row, base), offset), ir.PointerType(I8))
+        self.prefetch_at(self.gep(self.gep(self.row, base), offset))
+
+    def prefetch_at(self, ptr):
+        fn = declare(self.b.module, "llvm.prefetch.p0", ir.VoidType(), [ir.PointerType(I8), I32, I32, I32])
+        p = self.b.bitcast(ptr, ir.PointerType(I8))
         self.b.call(fn, [p, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
     def uint_at(self, base, offset, t):

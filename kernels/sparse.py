@@ -13,22 +13,25 @@ kept position of the group as k is even or odd).
             are kept value k's position (0..3) within its group
     scales  uint16 [n_cols / 32]: f16 bits of block b's scale d
 
-These are the values and scales of the Q4_0 / Q8_0 twin with the zeros in place, so both give the
-same products up to float rounding.
+These are the values and scales of the Q4_0 / Q8_0 twin with the zeros in place, and the
+kernels take x as the dense ones do (8-bit codes per 32 values in decode, matvec.quantize_into_8),
+so both give the same products up to float rounding.
 
-    matvec_q4 / matvec_q8   out[k, r] = W[r] . x[k] for a few x rows (decode), one pass over each
-                            row's planes
-    dequantize_q4 / _q8     rows [start, start + len(out)) as float32 with the zeros in place, for
-                            prefill tiles that BLAS multiplies
-
-The row dot comes in two versions. On CPUs with AVX-512 it is explicit vector code (numba
-@intrinsic + llvmlite, like simd.py): per block, the 16 positions become 16 column indices with
-one shift and one mask, and `vpermi2ps` picks the 16 matching x values out of the block's 32 in
-two registers, so the kept values meet their x with no gather and no scalar work. Elsewhere a
-plain numba loop does the same with indexed loads.
+    sparse_rows_q4 / _q8  decode, rows start..stop . x for a few x rows (a team job item,
+                          jobs.SPARSE): explicit vector code where the CPU has AVX-512 VBMI, per
+                          pair of blocks one multishift spreads the 64 position bits into bytes,
+                          one vpermb picks the 32 kept x codes out of the pair's 64, and
+                          vpdpbusd multiplies them by the kept values
+    rows_loop             the same as a plain numba loop, for every other CPU
+    gemm_sparse_rows      prefill (jobs.SPARSE_GEMM): unpack_sparse puts a panel's rows back into
+                          dense codes with the zero code in the pruned places (constant shuffles
+                          and selects, no gathers) and the dense 16-bit GEMM (gemm.py) takes over
+    dequantize            rows as float32 with the zeros in place
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 from llvmlite import binding as llvm
@@ -38,170 +41,244 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .floats import half_to_float
+from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
+from .simd import F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, outlined, vec
 
-FAST = {"reassoc", "nsz", "contract"}
-CHUNK_ROWS = 32  # rows per parallel work item
-HAS_AVX512 = llvm.get_host_cpu_features().get("avx512f", False)
+_FEATURES = llvm.get_host_cpu_features()
+HAS_VBMI = bool(_FEATURES.get("avx512vbmi") and _FEATURES.get("avx512vl"))
 
-I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
-LLVM_FAST = ("fast",)
-
-
-# --- the explicit-vector row dot (AVX-512) ---------------------------------------------------------
-
-def _vec(t, n):
-    return ir.VectorType(t, n)
+I16 = ir.IntType(16)
+SPARSE_ARGS = ("values", "index", "scales", "xq", "xd", "f16", "out", "start", "stop")
+# Entry j of a pair of blocks (j < 16: the first block's entry j, else the second's entry j - 16)
+# sits in column 32 * (j // 16) + 4 * ((j % 16) // 2) + its position of the pair's 64.
+_PAIR_BASE = [32 * (j // 16) + 4 * ((j % 16) // 2) for j in range(32)]
 
 
-def _const(t, n, values):
-    return ir.Constant(_vec(t, n), values if isinstance(values, list) else [values] * n)
+def _pair_lanes(e, q8, c):
+    """<8 x float>: the pair of blocks (2c, 2c + 1) of e's row . x before scaling, lanes 0-3
+    for block 2c, 4-7 for block 2c + 1 (4 kept products each)."""
+    b = e.b
+    v32 = vec(I8, 32)
+    # positions: the pair's two uint32 index words, bits 2j..2j+1 -> byte j, plus each entry's base
+    words = b.load(b.bitcast(e.gep(e.index, e.mul(c, 8)), I64.as_pointer()), align=1)
+    spread = b.call(declare(b.module, "llvm.x86.avx512.pmultishift.qb.256", v32, [v32, v32]),
+                    [e.const(I8, 32, [2 * j for j in range(32)]), b.bitcast(e.splat(words, 4), v32)])
+    cols = b.add(b.and_(spread, e.const(I8, 32, 3)), e.const(I8, 32, _PAIR_BASE))
+    x0 = b.load(b.bitcast(e.gep(e.xq, e.mul(c, 64)), v32.as_pointer()), align=1)
+    x1 = b.load(b.bitcast(e.gep(e.xq, e.add(e.mul(c, 64), 32)), v32.as_pointer()), align=1)
+    xs = b.call(declare(b.module, "llvm.x86.avx512.vpermi2var.qi.256", v32, [v32, v32, v32]), [x0, cols, x1])
+    # the kept values times their x codes, entry order as xs: 4 products per int32 lane
+    if q8:  # signed values: |w| against x with w's sign
+        w = b.load(b.bitcast(e.gep(e.values, e.mul(c, 32)), v32.as_pointer()), align=1)
+        u = b.call(declare(b.module, "llvm.abs.v32i8", v32, [v32, ir.IntType(1)]), [w, ir.Constant(ir.IntType(1), 0)])
+        dots = idot(e, u, b.select(b.icmp_signed("<", w, e.const(I8, 32, 0)), b.sub(e.const(I8, 32, 0), xs), xs))
+    else:  # nibbles v, values v - 8: v . x - 8 . x, two independent dot instructions
+        raw = b.load(b.bitcast(e.gep(e.values, e.mul(c, 16)), vec(I8, 16).as_pointer()), align=1)
+        lo, hi = b.and_(raw, e.const(I8, 16, 15)), b.lshr(raw, e.const(I8, 16, 4))
+        v = b.shuffle_vector(lo, hi, e.const(I32, 32, list(range(32))))
+        dots = b.sub(idot(e, v, xs), idot(e, e.const(I8, 32, 8), xs))
+    return e.to_float(dots)
 
 
-class _Row:
-    """IR helpers over one row: the three planes, x, and the running 16-lane accumulators."""
-
-    def __init__(self, context, builder, sig, args):
-        self.b = builder
-        arrays = [cgutils.create_struct_proxy(t)(context, builder, value=v) for t, v in zip(sig.args, args)]
-        self.values, self.index, self.scales, self.x = (a.data for a in arrays)
-        self.n_cols = builder.extract_value(arrays[3].shape, 0)
-        permute_type = ir.FunctionType(_vec(F32, 16), [_vec(F32, 16), _vec(I32, 16), _vec(F32, 16)])
-        self.permute = cgutils.get_or_insert_function(builder.module, permute_type,
-                                                      "llvm.x86.avx512.vpermi2var.ps.512")
-
-    def load(self, ptr, offset, t):
-        """A value of type t at byte/element offset of ptr (unaligned)."""
-        p = self.b.bitcast(self.b.gep(ptr, [offset]), t.as_pointer())
-        return self.b.load(p, align=1)
-
-    def block(self, blk, kept, acc):
-        """acc + d * kept * x[kept columns] for block blk: kept <16 x float> (kept values, d-less)."""
-        b = self.b
-        bits = self.load(b.bitcast(self.index, I8.as_pointer()), b.mul(blk, ir.Constant(I64, 4)), I32)
-        splat = b.shuffle_vector(b.insert_element(ir.Constant(_vec(I32, 16), None), bits, ir.Constant(I32, 0)),
-                                 ir.Constant(_vec(I32, 16), None), _const(I32, 16, 0))
-        pos = b.and_(b.lshr(splat, _const(I32, 16, [2 * k for k in range(16)])), _const(I32, 16, 3))
-        cols = b.or_(pos, _const(I32, 16, [4 * (k // 2) for k in range(16)]))  # 0..31 in the block
-        x0 = b.mul(blk, ir.Constant(I64, 32))
-        lo = self.load(self.x, x0, _vec(F32, 16))
-        hi = self.load(self.x, b.add(x0, ir.Constant(I64, 16)), _vec(F32, 16))
-        xs = b.call(self.permute, [lo, cols, hi])
-        d = b.fpext(b.bitcast(self.load(self.scales, blk, I16), ir.HalfType()), F32)
-        dv = b.shuffle_vector(b.insert_element(ir.Constant(_vec(F32, 16), None), d, ir.Constant(I32, 0)),
-                              ir.Constant(_vec(F32, 16), None), _const(I32, 16, 0))
-        return b.fadd(acc, b.fmul(dv, b.fmul(kept, xs, flags=LLVM_FAST), flags=LLVM_FAST), flags=LLVM_FAST)
-
-    def reduce(self, v):
-        b = self.b
-        n = v.type.count
-        while n > 1:
-            n //= 2
-            lo = b.shuffle_vector(v, v, _const(I32, n, list(range(n))))
-            hi = b.shuffle_vector(v, v, _const(I32, n, list(range(n, 2 * n))))
-            v = b.fadd(lo, hi, flags=LLVM_FAST)
-        return b.extract_element(v, ir.Constant(I32, 0))
+def _block_scales(e, first, n):
+    """<n x float>: d * xd of blocks first..first + n - 1 (d: f16, converted by the CPU)."""
+    b = e.b
+    d = b.fpext(b.load(b.bitcast(e.gep(b.bitcast(e.scales, I16.as_pointer()), first),
+                                 vec(ir.HalfType(), n).as_pointer()), align=2), vec(F32, n))
+    xd = b.load(b.bitcast(e.gep(e.xd, first), vec(F32, n).as_pointer()), align=4)
+    return e.fmul(d, xd)
 
 
-def _row_dot(emit_pair):
-    """An intrinsic dot(values, index, scales, x) -> float32 over a row's pairs of blocks."""
+def _row_dot(e, q8, n_cols):
+    """e's row . x: pairs of blocks two at a time (their four scales in one vector, two
+    accumulators), then an odd last pair."""
+    b = e.b
+    accs = [cgutils.alloca_once_value(b, e.const(F32, ILANES, 0.0)) for _ in range(2)]
+    n_pairs = b.udiv(n_cols, ir.Constant(I64, 64))
+    with cgutils.for_range(b, b.udiv(n_pairs, ir.Constant(I64, 2))) as loop:
+        c = e.mul(loop.index, 2)
+        # three streams (values, index, scales), each asking for its bytes ahead: without the
+        # prefetches a llama-shaped Q4 decode ran 1.17x the dense one, with all three 1.25x
+        e.prefetch_at(e.gep(e.values, e.add(e.mul(c, 32 if q8 else 16), PREFETCH_BYTES)))
+        e.prefetch_at(e.gep(e.index, e.add(e.mul(c, 8), PREFETCH_BYTES // 2)))
+        e.prefetch_at(e.gep(b.bitcast(e.scales, I8.as_pointer()), e.add(e.mul(c, 4), PREFETCH_BYTES // 4)))
+        scales = _block_scales(e, e.mul(c, 2), 4)
+        for k in range(2):
+            lanes = _pair_lanes(e, q8, e.add(c, k))
+            spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [2 * k] * 4 + [2 * k + 1] * 4))
+            b.store(e.fma(spread, lanes, b.load(accs[k])), accs[k])
+    odd = b.icmp_unsigned("!=", b.urem(n_pairs, ir.Constant(I64, 2)), ir.Constant(I64, 0))
+    with b.if_then(odd):
+        c = b.sub(n_pairs, ir.Constant(I64, 1))
+        scales = _block_scales(e, e.mul(c, 2), 2)
+        spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [0] * 4 + [1] * 4))
+        b.store(e.fma(spread, _pair_lanes(e, q8, c), b.load(accs[0])), accs[0])
+    return e.reduce(e.fadd(b.load(accs[0]), b.load(accs[1])))
 
-    def generic(typingctx, values, index, scales, x):
-        sig = types.float32(values, index, scales, x)
+
+def _sparse_rows(q8):
+    def generic(typingctx, values, index, scales, xq, xd, f16, out, start, stop):
+        sig = types.void(values, index, scales, xq, xd, f16, out, start, stop)
 
         def codegen(context, builder, signature, args):
-            row = _Row(context, builder, signature, args)
-            zero = _const(F32, 16, 0.0)
-            acc0 = cgutils.alloca_once_value(builder, zero)
-            acc1 = cgutils.alloca_once_value(builder, zero)
-            n_pairs = builder.udiv(row.n_cols, ir.Constant(I64, 64))
-            with cgutils.for_range(builder, n_pairs) as loop:
-                a0, a1 = emit_pair(row, loop.index, builder.load(acc0), builder.load(acc1))
-                builder.store(a0, acc0)
-                builder.store(a1, acc1)
-            total = builder.fadd(builder.load(acc0), builder.load(acc1), flags=LLVM_FAST)
-            return row.reduce(total)
+            e = Emitter(context, builder, signature, args, SPARSE_ARGS)
+            b = builder
+            rows, n_cols = e.shape(6, 1), e.shape(3, 1)
+            n = e.shape(3, 0)
+            vbytes, ibytes, sblocks = e.shape(0, 1), e.shape(1, 1), e.shape(2, 1)
+            blocks = b.udiv(n_cols, ir.Constant(I64, 32))
+            with cgutils.for_range_slice(b, e.start, e.stop, ir.Constant(I64, 1)) as (r, _):
+                row = copy.copy(e)
+                row.values = e.gep(e.values, b.mul(r, vbytes))
+                row.index = e.gep(e.index, b.mul(r, ibytes))
+                row.scales = e.gep(e.scales, b.mul(r, sblocks))
+                with cgutils.for_range(b, n) as xrow:
+                    k = xrow.index
+                    one = copy.copy(row)
+                    one.xq = e.gep(e.xq, b.mul(k, n_cols))
+                    one.xd = e.gep(e.xd, b.mul(k, blocks))
+                    b.store(_row_dot(one, q8, n_cols), e.gep(e.out, b.add(b.mul(k, rows), r)))
 
-        return sig, codegen
+        return sig, outlined("sparse_rows_q8" if q8 else "sparse_rows_q4", codegen)
 
     return intrinsic(generic)
 
 
-def _pair_q4(row, c, acc0, acc1):
-    b = row.b
-    raw = b.zext(row.load(row.values, b.mul(c, ir.Constant(I64, 16)), _vec(I8, 16)), _vec(I32, 16))
-    eight = _const(I32, 16, 8)
-    lo = b.sitofp(b.sub(b.and_(raw, _const(I32, 16, 15)), eight), _vec(F32, 16))
-    hi = b.sitofp(b.sub(b.lshr(raw, _const(I32, 16, 4)), eight), _vec(F32, 16))
-    blk = b.mul(c, ir.Constant(I64, 2))
-    return row.block(blk, lo, acc0), row.block(b.add(blk, ir.Constant(I64, 1)), hi, acc1)
+sparse_rows_q4 = _sparse_rows(False)
+sparse_rows_q8 = _sparse_rows(True)
 
 
-def _pair_q8(row, c, acc0, acc1):
-    b = row.b
-    out = []
-    for i, acc in enumerate((acc0, acc1)):
-        blk = b.add(b.mul(c, ir.Constant(I64, 2)), ir.Constant(I64, i))
-        q = row.load(row.values, b.mul(blk, ir.Constant(I64, 16)), _vec(I8, 16))
-        out.append(row.block(blk, b.sitofp(b.sext(q, _vec(I32, 16)), _vec(F32, 16)), acc))
-    return out
+# --- the portable loops ---------------------------------------------------------------------------
 
-
-_simd_dot_q4 = _row_dot(_pair_q4)
-_simd_dot_q8 = _row_dot(_pair_q8)
-
-
-# --- the portable row dot -------------------------------------------------------------------------
-
-@njit(cache=True, fastmath=FAST, inline="always")
+@njit(cache=True, inline="always")
 def _value(values, blk, k, q8):
-    """Kept value k of block blk, d-less: Q8 values are int8, Q4 nibbles (uint8 pairs of blocks)."""
+    """Kept value k of block blk as a signed integer: Q8 values are int8 (their bytes, whatever
+    the array's dtype), Q4 nibbles - 8."""
     if q8:
-        return np.float32(values[16 * blk + k])
-    return np.float32(np.int32((np.int32(values[16 * (blk // 2) + k]) >> (4 * (blk % 2))) & 15) - 8)
+        return np.int32(np.int8(values[16 * blk + k]))
+    return ((np.int32(values[16 * (blk // 2) + k]) >> (4 * (blk % 2))) & 15) - 8
 
 
-@njit(cache=True, fastmath=FAST, inline="always")
+@njit(cache=True, inline="always")
 def _column(index, blk, k):
     """Column (in the row) of kept value k of block blk."""
     return 32 * blk + 4 * (k // 2) + ((np.int32(index[4 * blk + k // 4]) >> (2 * (k % 4))) & 3)
 
 
-@njit(cache=True, fastmath=FAST, inline="always")
-def _loop_dot(values, index, scales, x, q8):
-    acc = np.float32(0.0)
-    for blk in range(scales.shape[0]):
-        s = np.float32(0.0)
-        for k in range(16):
-            s += _value(values, blk, k, q8) * x[_column(index, blk, k)]
-        acc += half_to_float(np.int32(scales[blk])) * s
-    return acc
+@njit(cache=True, nogil=True)
+def rows_loop(values, index, scales, xq, xd, out, start, stop, q8):
+    """out[k, r] = row r . x[k] for rows start..stop, x as 8-bit codes xq [n, n_cols] with a
+    scale per 32 (xd): the integer dot per block, then d * xd once per block."""
+    for r in range(start, stop):
+        for k in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            for blk in range(scales.shape[1]):
+                dot = 0
+                for e in range(16):
+                    dot += _value(values[r], blk, e, q8) * np.int32(xq[k, _column(index[r], blk, e)])
+                acc += half_to_float(np.int32(scales[r, blk])) * xd[k, blk] * np.float32(dot)
+            out[k, r] = acc
 
 
-# --- the kernels ------------------------------------------------------------------------------------
-
-@njit(cache=True, parallel=True, fastmath=FAST)
-def matvec_simd(values, index, scales, x, out, q8):
-    """values [rows, n_cols/4] uint8 (Q4) or [rows, n_cols/2] int8 (Q8), index uint8
-    [rows, n_cols/8], scales uint16 [rows, n_cols/32], x float32 [n, n_cols] -> out float32
-    [n, rows]. AVX-512 only (see the module docstring)."""
-    rows = values.shape[0]
-    for c in prange((rows + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        for r in range(c * CHUNK_ROWS, min(rows, (c + 1) * CHUNK_ROWS)):
-            for k in range(x.shape[0]):
-                if q8:
-                    out[k, r] = _simd_dot_q8(values[r], index[r], scales[r], x[k])
-                else:
-                    out[k, r] = _simd_dot_q4(values[r], index[r], scales[r], x[k])
+@njit(cache=True, nogil=True, inline="always")
+def sparse_rows(values, index, scales, xq, xd, f16, out, start, stop, q8):
+    """A jobs.SPARSE work item: the vector rows where the CPU runs them, else the loop."""
+    if HAS_VBMI:
+        if q8:
+            sparse_rows_q8(values, index, scales, xq, xd, f16, out, start, stop)
+        else:
+            sparse_rows_q4(values, index, scales, xq, xd, f16, out, start, stop)
+    else:
+        rows_loop(values, index, scales, xq, xd, out, start, stop, q8)
 
 
-@njit(cache=True, parallel=True, fastmath=FAST)
-def matvec_loop(values, index, scales, x, out, q8):
-    """As matvec_simd, on any CPU."""
-    rows = values.shape[0]
-    for c in prange((rows + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        for r in range(c * CHUNK_ROWS, min(rows, (c + 1) * CHUNK_ROWS)):
-            for k in range(x.shape[0]):
-                out[k, r] = _loop_dot(values[r], index[r], scales[r], x[k], q8)
+# --- prefill: panels of dense codes for the GEMM -----------------------------------------------------
+# Dense column j of a block: group g = j // 4 keeps entries 2g and 2g + 1, at positions p0 < p1.
+_EVEN = [2 * (j // 4) for j in range(32)]
+_OFFSET = [j % 4 for j in range(32)]
+
+
+def _dense_codes(e, kept, word, zero):
+    """<32 x i8>: a block's 32 codes in column order from its 16 kept codes (<16 x i8>, entry
+    order) and its index word (i32): kept entry k where its position puts it, zero elsewhere."""
+    b = e.b
+    pos = b.trunc(b.and_(b.lshr(e.splat(word, 16), e.const(I32, 16, [2 * k for k in range(16)])),
+                         e.const(I32, 16, 3)), vec(I8, 16))
+    offset = e.const(I8, 32, _OFFSET)
+    out = e.const(I8, 32, zero)
+    for first in (1, 0):  # the second kept entry, then the first one over it
+        mask = e.const(I32, 32, [k + first for k in _EVEN])
+        hit = b.icmp_unsigned("==", b.shuffle_vector(pos, pos, mask), offset)
+        out = b.select(hit, b.shuffle_vector(kept, kept, mask), out)
+    return out
+
+
+def _unpack_sparse(q8):
+    """unpack_sparse_q4 / _q8(values, index, scales, r0, f16, codes, fields): rows r0.. of the
+    compact planes into gemm's codes and fields buffers, as gemm.unpack_<type> does for the
+    twin (Q4: codes v with offset -8 d, the pruned ones 8; Q8: w + 128 with offset -128 d, the
+    pruned ones 128)."""
+    names = ("values", "index", "scales", "r0", "f16", "codes", "fields")
+
+    def generic(typingctx, values, index, scales, r0, f16, codes, fields):
+        sig = types.void(values, index, scales, r0, f16, codes, fields)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args, names)
+            b = builder
+            rows, n_cols = e.shape(1, 0), e.shape(5, 1)
+            blocks = b.udiv(n_cols, ir.Constant(I64, 32))
+            last = b.sub(rows, ir.Constant(I64, 1))
+            zero = 128 if q8 else 8
+            with cgutils.for_range(b, ir.Constant(I64, GROUP_ROWS)) as row_loop:
+                r = row_loop.index
+                src = b.add(e.r0, r)
+                src = b.select(b.icmp_signed(">", src, last), last, src)
+                values_row = e.gep(e.values, b.mul(src, e.shape(0, 1)))
+                index_row = e.gep(e.index, b.mul(src, e.shape(1, 1)))
+                scales_row = e.gep(b.bitcast(e.scales, I16.as_pointer()), b.mul(src, e.shape(2, 1)))
+                with cgutils.for_range(b, blocks) as block_loop:
+                    blk = block_loop.index
+                    if q8:
+                        raw = b.load(b.bitcast(e.gep(values_row, e.mul(blk, 16)), vec(I8, 16).as_pointer()), align=1)
+                        kept = b.xor(raw, e.const(I8, 16, -128))
+                    else:
+                        raw = b.load(b.bitcast(e.gep(values_row, e.mul(b.udiv(blk, ir.Constant(I64, 2)), 16)),
+                                               vec(I8, 16).as_pointer()), align=1)
+                        shift = b.trunc(b.mul(b.urem(blk, ir.Constant(I64, 2)), ir.Constant(I64, 4)), I8)
+                        kept = b.and_(b.lshr(raw, e.splat(shift, 16)), e.const(I8, 16, 15))
+                    word = b.load(b.bitcast(e.gep(index_row, e.mul(blk, 4)), I32.as_pointer()), align=1)
+                    dst = e.gep(e.codes, b.add(b.mul(r, n_cols), e.mul(blk, 32)))
+                    b.store(_dense_codes(e, kept, word, zero), b.bitcast(dst, vec(I8, 32).as_pointer()), align=1)
+                    d = b.load(e.gep(e.f16, b.zext(b.load(e.gep(scales_row, blk), align=2), I64)))
+                    for k, value in enumerate((d, d, e.fmul(d, ir.Constant(F32, -float(zero))), ir.Constant(F32, 0.0))):
+                        at = b.add(b.mul(b.add(b.mul(ir.Constant(I64, k), blocks), blk), ir.Constant(I64, GROUP_ROWS)), r)
+                        b.store(value, e.gep(e.fields, at))
+
+        return sig, outlined("unpack_sparse_q8" if q8 else "unpack_sparse_q4", codegen)
+
+    return intrinsic(generic)
+
+
+unpack_sparse_q4 = _unpack_sparse(False)
+unpack_sparse_q8 = _unpack_sparse(True)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def gemm_sparse_rows(values, index, scales, xq, xd, xs32, xs16, f16, out, start, stop, q8):
+    """out[:, start:stop] = x @ W[start:stop].T for x quantized to 16 bits (gemm.gemm_rows for
+    the compact planes); start a multiple of gemm.GROUP_ROWS. One work item of jobs.SPARSE_GEMM."""
+    n_cols = xq.shape[1]
+    panels = np.empty((-(-(stop - start) // GROUP_ROWS), (n_cols // 32) * PANEL_SUB_BYTES), np.uint8)
+    codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
+    fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
+    for p in range(panels.shape[0]):
+        if q8:
+            unpack_sparse_q8(values, index, scales, start + GROUP_ROWS * p, f16, codes, fields)
+        else:
+            unpack_sparse_q4(values, index, scales, start + GROUP_ROWS * p, f16, codes, fields)
+        transpose_panel(codes, fields, panels[p])
+    panels_times_x(panels, start, index.shape[0], xq, xd, xs32, xs16, out, False)
 
 
 @njit(cache=True, parallel=True, fastmath=False)
@@ -214,9 +291,4 @@ def dequantize(values, index, scales, start, out, q8):
         for blk in range(scales.shape[1]):
             d = half_to_float(np.int32(scales[r, blk]))
             for k in range(16):
-                row[_column(index[r], blk, k)] = d * _value(values[r], blk, k, q8)
-
-
-def matvec(values, index, scales, x, out, q8: bool) -> None:
-    """out = x @ W.T with the fastest row dot this CPU runs (the explicit one needs AVX-512)."""
-    (matvec_simd if HAS_AVX512 else matvec_loop)(values, index, scales, x, out, q8)
+                row[_column(index[r], blk, k)] = d * np.float32(_value(values[r], blk, k, q8))

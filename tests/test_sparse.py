@@ -52,23 +52,34 @@ def test_compact_planes_hold_the_twins_values_in_fewer_bits(qtype, bits):
 def test_compact_matmul_equals_the_dense_kernels_on_the_twin(qtype, n):
     twin = pruned_twin(80, 512, qtype)
     x = RNG.standard_normal((n, 512)).astype(np.float32)
-    got = sparse.from_twin("w", twin, qtype, 512).matmul(x)  # n > 8: dequantized tiles + BLAS
+    got = sparse.from_twin("w", twin, qtype, 512).matmul(x)  # n > 8: the twin's rows, dense GEMM
     want = matmul(x, twin, qtype, 512)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-# the explicit-vector row dot runs where the CPU has AVX-512; the loop everywhere
-MATVECS = [sparse_kernels.matvec_loop] + ([sparse_kernels.matvec_simd] if sparse_kernels.HAS_AVX512 else [])
+# the explicit-vector rows run where the CPU has AVX-512 VBMI; the loop everywhere
+ROW_KERNELS = ["loop"] + (["vector"] if sparse_kernels.HAS_VBMI else [])
 
 
-@pytest.mark.parametrize("matvec", MATVECS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kernel", ROW_KERNELS)
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0])
-def test_both_row_dots_equal_the_dense_kernels(qtype, matvec):
+def test_both_row_kernels_equal_the_dense_kernels(qtype, kernel):
+    import numba
+
+    from edgellm.kernels.matvec import f16_table, quantize_x
+
     twin = pruned_twin(70, 640, qtype)
     w = sparse.from_twin("w", twin, qtype, 640)
     x = RNG.standard_normal((2, 640)).astype(np.float32)
+    xq, xd = quantize_x(x)[:2]
     got = np.empty((2, 70), np.float32)
-    matvec(w.values, w.index, w.scales, x, got, qtype == Q.Q8_0)
+    q8 = qtype == Q.Q8_0
+    if kernel == "loop":
+        sparse_kernels.rows_loop(w.values, w.index, w.scales, xq, xd, got, 0, 70, q8)
+    else:
+        rows = sparse_kernels.sparse_rows_q8 if q8 else sparse_kernels.sparse_rows_q4
+        call = numba.njit(lambda v, i, s, xq, xd, f16, out: rows(v, i, s, xq, xd, f16, out, 0, out.shape[1]))
+        call(w.values, w.index, w.scales, xq, xd, f16_table(), got)
     want = matmul(x, twin, qtype, 640)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
