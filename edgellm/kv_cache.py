@@ -77,6 +77,13 @@ class LayerKVCache:
         self.lost = -1
 
     def _store(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> None:
+        if len(positions) == 1:  # a decode step: one slot, plain indexing
+            slot = int(positions[0]) % self.capacity
+            self.lost = max(self.lost, int(self.pos[slot]))
+            self.k.write(slice(slot, slot + 1), k.transpose(1, 0, 2))
+            self.v.write(slice(slot, slot + 1), v.transpose(1, 0, 2))
+            self.pos[slot] = positions[0]
+            return
         n_skip = max(0, len(positions) - self.capacity)  # a long batch keeps its tail
         if n_skip:
             self.lost = max(self.lost, int(positions[n_skip - 1]))

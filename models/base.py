@@ -14,7 +14,7 @@ import numpy as np
 
 from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
 from edgellm.kernels import Weight, WeightGroup, get_rows
-from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_tables
+from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_inv_freq, rope_tables_for
 from edgellm.sparse import sparse_weights
 
 
@@ -201,17 +201,19 @@ class LinearGroup:
 
 class RopeMemo:
     """RoPE's cos/sin tables for the positions of one forward pass, computed once per distinct
-    (base, scale, factors) rather than once per layer."""
+    (base, scale, factors) rather than once per layer; the angles per position once for good."""
 
     def __init__(self):
-        self.positions, self.memo = None, {}
+        self.positions, self.memo, self.inv_freq = None, {}, {}
 
     def tables(self, positions, n_rot, base, scale, factors):
         if positions is not self.positions:
             self.positions, self.memo = positions, {}
         key = (n_rot, base, scale, id(factors))
         if key not in self.memo:
-            self.memo[key] = rope_tables(positions, n_rot, base, scale, factors)
+            if key not in self.inv_freq:
+                self.inv_freq[key] = rope_inv_freq(n_rot, base, factors)
+            self.memo[key] = rope_tables_for(positions, self.inv_freq[key], scale)
         return self.memo[key]
 
 
