@@ -15,12 +15,11 @@ prefill workers around single-threaded BLAS.
 
 import os
 
-# numba's OpenMP threads spin after each parallel region by default. Our regions are short (a
-# decode matmul takes ~0.1-1 ms) and a token runs ~100 of them: on a busy machine the spinning
-# threads lose their cores and each region then waits a scheduler tick (measured on a shared
-# 2-core box: 12 ms per matmul instead of 0.6). Sleeping threads cost a wake-up of a few
-# microseconds instead. Set before the first parallel region, when libgomp reads it; a value
-# the user set wins.
+# Decode runs on the kernels' own thread team (team.py), not on numba's OpenMP regions; the few
+# parallel loops left (long element-wise passes in prefill, dequantize()) are long enough that a
+# wake-up per region does not matter, while OpenMP's default spinning would take the cores from
+# the team's workers on a 2-core machine. Set before the first parallel region, when libgomp
+# reads it; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .dispatch import (  # noqa: E402

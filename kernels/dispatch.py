@@ -2,25 +2,28 @@
 
 A weight is raw GGUF bytes, data: uint8 [rows, row_bytes], one row per output feature holding
 n_cols values in blocks (`gguf.GGML_QUANT_SIZES`: values and bytes per block). The block formats
-live in floats.py, legacy.py and kquants.py; this file holds the loops they share:
+live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (decode), gemm.py
+(prefill) and sparse.py (2:4 weights); this file chooses between them and posts their jobs:
 
-    dequantize_row  one row of any type -> float32 [n_cols] (the only type switch)
-    for_rows        the parallel loop over rows: dequantize each (dequantize, get_rows, prefill
-                    tiles) or dot it with a few x rows (decode)
-    matmul          few x rows: matvec.py's fused one-pass dots; many: dequantize a bounded
-                    tile of rows, then single-threaded BLAS (x @ tile.T) into out[:, tile], the
-                    tiles spread over a pool of threads
-    matmul_group    matmul of one x by several weights (Q, K, V) in one parallel loop
+    dequantize_row  one row of any type -> float32 [n_cols] (the only type switch), for
+                    dequantize(), get_rows() (embedding lookups) and float rows in prefill
+    WeightGroup     x @ W.T for the weights that read one x (Q, K, V; gate, up), laid out once:
+                    a few x rows (decode) are one jobs.MATVEC, x quantized to 8 bits; many
+                    (prefill) one jobs.GEMM, x quantized to 16 bits; float weights in prefill
+                    go through dequantized tiles and single-threaded BLAS on a pool of threads
+    sparse_matmul   the same for a 2:4 weight's compact planes (jobs.SPARSE / SPARSE_GEMM)
+
+Jobs run on the team of set_num_threads() threads (team.py): a fill function (numba) writes the
+descriptor and the quantized x into the team's scratch, Team.run() runs it.
 
 Exactness: every dequantizing function says fastmath=False explicitly. Numba hands a caller's
-fast-math flags down to the functions it calls unless they set their own, and for_rows (fast
-math for its dot products) calls dequantize_row: 'contract' would fuse d * q + m into one FMA,
-one rounding where gguf has two.
+fast-math flags down to the functions it calls unless they set their own: 'contract' would fuse
+d * q + m into one FMA, one rounding where gguf has two.
 
 The type is a runtime int, so each kernel is compiled once for all types; the Python wrappers
 below pass every array in one layout (C-contiguous, read-only inputs) so that there is one
 compilation per kernel. Numba caches the machine code on disk: the first run compiles for
-several seconds, later runs load it in well under one.
+~15 s, later runs load it in well under one.
 """
 
 from __future__ import annotations
@@ -56,11 +59,11 @@ Q4_K, Q5_K, Q6_K = int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
 SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K})
 FLOAT_TYPES = frozenset({F32, F16, BF16})
 
-# At most this many x rows go through the for_rows dots; more go through BLAS.
+# At most this many x rows are a decode mat-vec (8-bit x); more a prefill GEMM (16-bit x).
 MATVEC_MAX_ROWS = 8
 # Dequantized rows per BLAS call are capped at this many bytes of float32 scratch.
 TILE_BYTES = 4 << 20
-# Rows per parallel work item in for_rows: one buffer allocation per chunk.
+# Rows per parallel work item of dequantize_rows.
 CHUNK_ROWS = 16
 
 

@@ -1,0 +1,77 @@
+"""The decode thread team (kernels/team.py): every work item of a job runs exactly once whichever
+thread takes it, workers sleep when no job comes and the next job wakes them, and a closed team's
+threads end."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+
+from edgellm.kernels import dispatch, jobs, team
+from edgellm.kernels.matvec import quantize_x
+
+
+def _weights(rows=300, n_cols=256, seed=0):
+    w = np.random.default_rng(seed).standard_normal((rows, n_cols)).astype(np.float32)
+    return quants.quantize(w, T.Q8_0).view(np.uint8).reshape(rows, -1), quants.dequantize(
+        quants.quantize(w, T.Q8_0), T.Q8_0).reshape(rows, n_cols)
+
+
+def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """x @ W.T as one MATVEC job on team t (items of 4 rows: many per thread)."""
+    out = np.full((x.shape[0], data.shape[0]), np.nan, np.float32)
+    empty = dispatch._NO_ROWS
+    with t.lock:
+        dispatch._fill_weights(t.desc, jobs.MATVEC, (dispatch._readonly(data), empty, empty),
+                               np.array([int(T.Q8_0), int(T.Q8_0), int(T.Q8_0)]), dispatch._readonly(x),
+                               dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
+                                               np.empty((x.shape[0], 0), np.float32)),
+                               t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)))
+        t.run()
+    return out
+
+
+def _expected(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    xq, xd = quantize_x(x)[:2]
+    return (xq.reshape(x.shape[0], -1, 32) * xd[..., None]).reshape(x.shape) @ w.T.astype(np.float64)
+
+
+def test_every_item_runs_once_on_any_number_of_threads():
+    data, w = _weights()
+    x = np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)
+    for n_threads in (1, 2, 3):
+        t = team.Team(n_threads)
+        try:
+            for _ in range(20):  # back-to-back jobs: a worker may still be leaving the last one
+                np.testing.assert_allclose(_run_matvec(t, data, x), _expected(w, x), rtol=1e-5, atol=1e-4)
+        finally:
+            t.close()
+
+
+def test_idle_workers_sleep_and_the_next_job_wakes_them():
+    data, w = _weights()
+    x = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
+    t = team.Team(2)
+    try:
+        _run_matvec(t, data, x)
+        deadline = time.monotonic() + 5
+        while t.ctl[team.ASLEEP] != 1:  # no job for IDLE_S: the worker goes to sleep
+            assert time.monotonic() < deadline, "the worker never went to sleep"
+            time.sleep(0.01)
+        t.idle_spins = 1 << 60  # once woken, it stays awake (so that the test can see it)
+        np.testing.assert_allclose(_run_matvec(t, data, x), _expected(w, x), rtol=1e-5, atol=1e-4)
+        deadline = time.monotonic() + 5
+        while t.ctl[team.ASLEEP] != 0:  # the job found it asleep and woke it
+            assert time.monotonic() < deadline, "the worker was not woken"
+            time.sleep(0.01)
+    finally:
+        t.close()
+
+
+def test_a_closed_team_ends_its_threads():
+    t = team.Team(3)
+    t.close()
+    assert not any(w.is_alive() for w in t.workers)
