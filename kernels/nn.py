@@ -183,14 +183,16 @@ FEW_QUERIES = 8  # up to this many queries (decode), attention runs as a Numba l
 
 def attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
-    scale: float, window: int = 0, q_block: int = 128,
+    scale: float, window: int = 0, q_block: int = 64,
 ) -> np.ndarray:
     """Causal multi-head attention with grouped KV heads; returns [n, n_head * hd_v].
 
     q [n, n_head, hd]; k [n_kv, m, hd]; v [n_kv, m, hd_v]; q_pos [n] and k_pos [m] are absolute
     positions (k_pos < 0 marks an empty cache slot). A query at p sees keys at p' <= p, and with a
     sliding window only those with p - p' < window (llama.cpp's standard SWA). Queries are taken
-    in blocks so that the score matrix stays small for long prompts.
+    in blocks so that the score matrix stays small for long prompts; blocks of 64 rather than
+    128 skip more of the causal triangle and balance 2 threads better (one Gemma-3 layer, 512
+    tokens: 4.7 ms instead of 5.3).
     """
     if q.shape[0] <= FEW_QUERIES:
         return _attention_few(q, k, v, q_pos, k_pos, scale, window)
