@@ -69,6 +69,26 @@ def test_llama_cpp_tokenizes_a_bpe_conversion_like_tokenizers(tmp_path):
 
 
 
+@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+def test_llama_cpp_runs_the_2_4_dense_layout_like_edgellm_runs_the_compact_one(checkpoints, tmp_path, type):
+    """--sparse-layout dense is standard Q4_0/Q8_0 with the pruned zeros in place: llama.cpp loads
+    it and predicts what edgellm predicts from the compact file of the same pruned weights."""
+    import edgellm
+
+    folder = checkpoints["llama"]
+    kw = dict(type=type, sparsity="2:4", method="magnitude", progress=False)
+    dense = convert(folder, tmp_path / "dense.gguf", sparse_layout="dense", **kw)
+    compact = convert(folder, tmp_path / "compact.gguf", sparse_layout="compact", **kw)
+    ids = np.random.default_rng(3).integers(0, 200, 40)
+    got = llama_cpp_logits(dense, ids)
+    want = edgellm.load(compact, threads=2, ctx=64).logits(list(map(int, ids)))
+    error = np.abs(got - want).max() / np.abs(want).max()
+    top1 = (got.argmax(-1) == want.argmax(-1)).mean()
+    print(f"2:4 {type}: llama.cpp on the dense layout vs edgellm on the compact one: top-1 {top1:.3f}, "
+          f"max error {error:.1e} of the largest logit")
+    assert error < 0.1  # llama.cpp quantizes activations to 8 bits; flat random logits allow flips
+
+
 @pytest.mark.parametrize("type", ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0"])
 def test_converted_blocks_equal_ggml_reference_quantizers(checkpoints, tmp_path, type):
     from gguf import GGMLQuantizationType as Q
