@@ -19,6 +19,7 @@ neighbour never precedes "▁" inside a token, which leaves the merges exactly a
 
 from __future__ import annotations
 
+import array
 import codecs
 import heapq
 import re
@@ -252,7 +253,8 @@ class Tokenizer:
         self.n_vocab = n
         self._tokens = tokens
         self._token_to_id = token_to_id
-        self._scores = _numeric_array(md, "tokenizer.ggml.scores", n, np.float32).tolist()
+        # array('f'): 4 bytes a score (a list of Python floats takes 32), indexing gives floats
+        self._scores = array.array("f", _numeric_array(md, "tokenizer.ggml.scores", n, np.float32).tobytes())
         types = _numeric_array(md, "tokenizer.ggml.token_type", n, np.int32, default=TYPE_NORMAL)
         valid = (types >= 0) & (types < len(_TYPE_TO_ATTR))
         self._attrs: list[int] = np.where(valid, _TYPE_TO_ATTR[np.where(valid, types, 0)],
@@ -639,12 +641,12 @@ def _numeric_array(md: Mapping[str, Any], key: str, n: int, dtype, default=0) ->
         return np.full(n, default, dtype=dtype)
     value = md[key]
     try:
-        array = np.asarray(value)
+        values = np.asarray(value)
     except (TypeError, ValueError):
-        array = None
-    if array is None or array.ndim != 1 or not (np.issubdtype(array.dtype, np.number)
-                                                 and not np.issubdtype(array.dtype, np.bool_)):
+        values = None
+    if values is None or values.ndim != 1 or not (np.issubdtype(values.dtype, np.number)
+                                                  and not np.issubdtype(values.dtype, np.bool_)):
         raise GGUFError(f"{key} is not a numeric array")
-    if len(array) != n:
-        raise GGUFError(f"{key} has {len(array)} entries for {n} tokens")
-    return array.astype(dtype, copy=False)
+    if len(values) != n:
+        raise GGUFError(f"{key} has {len(values)} entries for {n} tokens")
+    return values.astype(dtype, copy=False)
