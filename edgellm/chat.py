@@ -179,6 +179,8 @@ class ChatSession:
             raise EdgeLLMError(f"max tokens must be >= 0, got {self.max_tokens}")
         target = self.tokenize(messages)
         stats = self.last = self.llm.last_stats = TurnStats(n_ctx=self.n_ctx)
+        if target:
+            self.llm._compile_if_needed(target[0])  # a first run's compile is not prefill time
         t0 = time.perf_counter()
         logits = self._prefill(target, self.n_keep(messages), stats, stop)
         stats.prefill_s = time.perf_counter() - t0

@@ -30,6 +30,7 @@ from edgellm.tokenizer import Tokenizer
 
 
 DECODE_MAX_TOKENS = 8  # batches up to this size run on the Numba mat-vec kernels alone
+WARM_UP_TOKENS = 64  # the batch that compiles the prefill kernels on a first run
 
 
 @dataclass
@@ -131,12 +132,7 @@ class LLM:
         if start + len(ids) > self.kv_cache.n_ctx:
             raise EdgeLLMError(f"{start + len(ids)} tokens do not fit the context of {self.kv_cache.n_ctx} (use -c)")
         positions = np.arange(start, start + len(ids), dtype=np.int64)
-        if self.on_compile is not None:
-            notice, self.on_compile = self.on_compile, None
-            from edgellm.kernels import needs_compiling
-
-            if needs_compiling():
-                notice()
+        self._compile_if_needed(int(ids[0]))
         # BLAS runs single-threaded: the kernels spread a long batch's products over their own
         # pool of threads (kernels/dispatch.py), and BLAS's threads would only spin between
         # calls, stealing the cores the Numba kernels run on (2.5x slower decode).
@@ -144,6 +140,31 @@ class LLM:
             logits = self.model.forward(ids, positions, self.kv_cache, all_logits)
         self.kv_cache.n_past += len(ids)
         return logits
+
+    def _compile_if_needed(self, token: int) -> None:
+        """Before the first pass of a fresh install (on_compile set, the kernels not in numba's
+        cache): call on_compile, then, if the cache is empty, compile the kernels on a warm-up
+        pass as llama.cpp warms up, so that the pass a caller times does not include it."""
+        if self.on_compile is None:
+            return
+        notice, self.on_compile = self.on_compile, None
+        from edgellm.kernels import needs_compiling
+
+        if needs_compiling():
+            notice()
+            if self.kv_cache.n_past == 0:
+                self._warm_up(token)
+
+    def _warm_up(self, token: int) -> None:
+        """A batch long enough for the prefill paths (the parallel element-wise loops start at
+        64k values) and one decode step, through the empty cache, emptied again afterwards."""
+        n = min(WARM_UP_TOKENS, self.kv_cache.n_ctx - 1)
+        if n < 1:
+            return
+        with self._blas.limit(limits=1, user_api="blas"):
+            self.model.forward(np.full(n, token, np.int64), np.arange(n, dtype=np.int64), self.kv_cache, False)
+            self.model.forward(np.array([token], np.int64), np.array([n], np.int64), self.kv_cache, False)
+        self.kv_cache.truncate(0)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 [len(ids), n_vocab]: each position's next-token logits, fresh context, one pass."""
@@ -174,8 +195,9 @@ class LLM:
         decoder = tok.stream()
         pieces: list[str] = []
 
-        t0 = time.perf_counter()
         self.kv_cache.clear()
+        self._compile_if_needed(int(ids_arr[0]))
+        t0 = time.perf_counter()
         logits = self._eval(ids_arr, all_logits=False)[-1]
         stats.prefill_s = time.perf_counter() - t0
         stats.stop_reason = "length"

@@ -33,3 +33,30 @@ def test_rss_after_load_is_about_the_file_size(model_path):
     rss, size = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                          check=True, timeout=300).stdout.split())
     assert rss < size + 200 * 2**20, (rss / 2**20, size / 2**20)
+
+
+def test_a_first_run_says_it_compiles_and_warms_up_without_changing_the_output(model_path, monkeypatch):
+    """On a fresh install the front end's on_compile is called once, and a warm-up pass (a
+    prefill-sized batch, then one decode step) compiles the kernels before the timed prefill,
+    leaving the cache as it found it."""
+    import edgellm.kernels
+    from edgellm.llm import WARM_UP_TOKENS
+
+    prompt = "The capital of France is"
+    plain = list(edgellm.load(model_path, ctx=256).generate(prompt, max_tokens=8))
+    llm = edgellm.load(model_path, ctx=256)
+    monkeypatch.setattr(edgellm.kernels, "needs_compiling", lambda: True)
+    notices, batches = [], []
+    llm.on_compile = lambda: notices.append(llm.kv_cache.n_past)
+    forward = llm.model.forward
+
+    def counting(ids, *args, **kwargs):
+        batches.append(len(ids))
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(llm.model, "forward", counting)
+    assert list(llm.generate(prompt, max_tokens=8)) == plain
+    n_prompt = len(llm.tokenize(prompt))
+    assert notices == [0]
+    assert batches[:3] == [WARM_UP_TOKENS, 1, n_prompt] and batches[3:] == [1] * (len(batches) - 3)
+    assert llm.kv_cache.n_past == n_prompt + len(batches) - 3
