@@ -38,7 +38,7 @@ def needs_compiling() -> bool:
 
     try:
         return any(not kernel._cache._cache_file._load_index()
-                   for kernel in (dispatch.dequantize_rows_serial, dispatch._fill_weights, team.serve,
+                   for kernel in (dispatch._fill_weights, team.serve,
                                   nn._rms_norm_rows, nn._fill_attend))
     except (AttributeError, OSError):  # numba's cache internals moved: say nothing
         return False

@@ -5,8 +5,9 @@ n_cols values in blocks (`gguf.GGML_QUANT_SIZES`: values and bytes per block). T
 live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (decode), gemm.py
 (prefill) and sparse.py (2:4 weights); this file chooses between them and posts their jobs:
 
-    dequantize_row  one row of any type -> float32 [n_cols] (the only type switch), for
-                    dequantize(), get_rows() (embedding lookups) and float rows in prefill
+    dequantize_row  one row of any type -> float32 [n_cols] (the type switch), for dequantize();
+                    get_rows() (embedding lookups) and float rows in prefill call a kernel per
+                    type, compiled when first used
     WeightGroup     x @ W.T for the weights that read one x (Q, K, V; gate, up), laid out once:
                     a few x rows (decode) are one jobs.MATVEC, x quantized to 8 bits; many
                     (prefill) one jobs.GEMM, x quantized to 16 bits; float weights in prefill
@@ -67,34 +68,34 @@ TILE_BYTES = 4 << 20
 CHUNK_ROWS = 16
 
 
+@njit(fastmath=False, inline="always")
+def _blocks(row, out, dequantize_block, block_bytes, block_values):
+    """A row of a block type: each block of block_bytes through dequantize_block (inlined, so
+    that the function is a constant of the caller and its machine code can be cached)."""
+    for b in range(out.shape[0] // block_values):
+        dequantize_block(row[block_bytes * b : block_bytes * (b + 1)],
+                         out[block_values * b : block_values * (b + 1)])
+
+
 @njit(cache=True, fastmath=False, inline="always")
 def dequantize_row(row, ggml_type, out):
     """row: uint8 [row_bytes] of type ggml_type -> out: float32 [n_cols]."""
-    n_cols = out.shape[0]
     if ggml_type == Q8_0:
-        for b in range(n_cols // QK):
-            dequantize_block_q8_0(row[34 * b : 34 * b + 34], out[QK * b : QK * b + QK])
+        _blocks(row, out, dequantize_block_q8_0, 34, QK)
     elif ggml_type == Q4_0:
-        for b in range(n_cols // QK):
-            dequantize_block_q4_0(row[18 * b : 18 * b + 18], out[QK * b : QK * b + QK])
+        _blocks(row, out, dequantize_block_q4_0, 18, QK)
     elif ggml_type == Q4_1:
-        for b in range(n_cols // QK):
-            dequantize_block_q4_1(row[20 * b : 20 * b + 20], out[QK * b : QK * b + QK])
+        _blocks(row, out, dequantize_block_q4_1, 20, QK)
     elif ggml_type == Q5_0:
-        for b in range(n_cols // QK):
-            dequantize_block_q5_0(row[22 * b : 22 * b + 22], out[QK * b : QK * b + QK])
+        _blocks(row, out, dequantize_block_q5_0, 22, QK)
     elif ggml_type == Q5_1:
-        for b in range(n_cols // QK):
-            dequantize_block_q5_1(row[24 * b : 24 * b + 24], out[QK * b : QK * b + QK])
+        _blocks(row, out, dequantize_block_q5_1, 24, QK)
     elif ggml_type == Q4_K:
-        for b in range(n_cols // QK_K):
-            dequantize_block_q4_k(row[144 * b : 144 * b + 144], out[QK_K * b : QK_K * b + QK_K])
+        _blocks(row, out, dequantize_block_q4_k, 144, QK_K)
     elif ggml_type == Q5_K:
-        for b in range(n_cols // QK_K):
-            dequantize_block_q5_k(row[176 * b : 176 * b + 176], out[QK_K * b : QK_K * b + QK_K])
+        _blocks(row, out, dequantize_block_q5_k, 176, QK_K)
     elif ggml_type == Q6_K:
-        for b in range(n_cols // QK_K):
-            dequantize_block_q6_k(row[210 * b : 210 * b + 210], out[QK_K * b : QK_K * b + QK_K])
+        _blocks(row, out, dequantize_block_q6_k, 210, QK_K)
     elif ggml_type == F32:
         dequantize_row_f32(row, out)
     elif ggml_type == F16:
@@ -112,12 +113,83 @@ def dequantize_rows(data, ggml_type, row_ids, out):
             dequantize_row(data[row_ids[i]], ggml_type, out[i])
 
 
+# dequantize_rows_serial's kernels, one per type: a lookup needs one type (the embedding's), and
+# a kernel with the type switch compiles all eleven (3 s of a first run's ~18 s, for a Q8_0 row).
 @njit(cache=True, nogil=True, fastmath=False)
+def _rows_q8_0(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q8_0, 34, QK)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q4_0(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q4_0, 18, QK)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q4_1(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q4_1, 20, QK)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q5_0(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q5_0, 22, QK)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q5_1(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q5_1, 24, QK)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q4_k(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q4_k, 144, QK_K)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q5_k(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q5_k, 176, QK_K)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_q6_k(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        _blocks(data[row_ids[i]], out[i], dequantize_block_q6_k, 210, QK_K)
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_f32(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        dequantize_row_f32(data[row_ids[i]], out[i])
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_f16(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        dequantize_row_f16(data[row_ids[i]], out[i])
+
+
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_bf16(data, row_ids, out):
+    for i in range(row_ids.shape[0]):
+        dequantize_row_bf16(data[row_ids[i]], out[i])
+
+
+_ROWS_SERIAL = {Q8_0: _rows_q8_0, Q4_0: _rows_q4_0, Q4_1: _rows_q4_1, Q5_0: _rows_q5_0, Q5_1: _rows_q5_1,
+                Q4_K: _rows_q4_k, Q5_K: _rows_q5_k, Q6_K: _rows_q6_k, F32: _rows_f32, F16: _rows_f16,
+                BF16: _rows_bf16}
+
+
 def dequantize_rows_serial(data, ggml_type, row_ids, out):
     """dequantize_rows on the calling thread, without the GIL: for a few rows (embedding
     lookups) or for one worker's prefill tile."""
-    for i in range(row_ids.shape[0]):
-        dequantize_row(data[row_ids[i]], ggml_type, out[i])
+    _ROWS_SERIAL[ggml_type](data, row_ids, out)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
