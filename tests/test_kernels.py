@@ -304,3 +304,48 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(tensors):
                             env=os.environ.copy(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
+
+
+def _attention_reference(q, k, v, q_pos, k_pos, scale, window):
+    """float64 softmax attention, one query and head at a time."""
+    n, n_head, _ = q.shape
+    group = n_head // k.shape[0]
+    out = np.zeros((n, n_head, v.shape[2]))
+    for i in range(n):
+        seen = (k_pos >= 0) & (k_pos <= q_pos[i])
+        if window:
+            seen &= q_pos[i] - k_pos < window
+        for h in range(n_head):
+            if seen.any():
+                s = (k[h // group][seen].astype(np.float64) @ q[i, h]) * scale
+                w = np.exp(s - s.max())
+                out[i, h] = w / w.sum() @ v[h // group][seen]
+    return out.reshape(n, -1)
+
+
+@pytest.mark.parametrize("n_head,n_kv", [(4, 1), (8, 2), (2, 2)])
+@pytest.mark.parametrize("window", [0, 5])
+def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head, n_kv, window):
+    """attention() for <= FEW_QUERIES queries (a team job, one item per query x head) gives what
+    the blocked prefill path and a float64 reference give: GQA groups, a sliding window, empty
+    (-1) and ring-ordered cache slots."""
+    from edgellm.kernels.nn import FEW_QUERIES, attention
+
+    rng = np.random.default_rng(n_head * 10 + n_kv + window)
+    m, hd = 23, 16
+    k = rng.standard_normal((n_kv, m, hd)).astype(np.float32)
+    v = rng.standard_normal((n_kv, m, hd)).astype(np.float32)
+    k_pos = np.arange(m, dtype=np.int64)
+    k_pos = np.roll(k_pos, 7)  # a ring buffer that has wrapped
+    k_pos[[2, 11]] = -1  # empty slots
+    n = 3
+    q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
+    q_pos = np.array([9, 15, 22], dtype=np.int64)
+    got = attention(q, k, v, q_pos, k_pos, 0.25, window)
+    want = _attention_reference(q, k, v, q_pos, k_pos, 0.25, window)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    # the same queries among more than FEW_QUERIES go through the blocked (numpy) path
+    many = np.concatenate([q] * (FEW_QUERIES // n + 1))
+    many_pos = np.concatenate([q_pos] * (FEW_QUERIES // n + 1))
+    blocked = attention(many, k, v, many_pos, k_pos, 0.25, window)[:n]
+    np.testing.assert_allclose(got, blocked, rtol=2e-5, atol=2e-6)
