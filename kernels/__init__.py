@@ -15,8 +15,8 @@ prefill workers around single-threaded BLAS.
 
 import os
 
-# Decode runs on the kernels' own thread team (team.py), not on numba's OpenMP regions; the few
-# parallel loops left (long element-wise passes in prefill, dequantize()) are long enough that a
+# Decode and prefill run on the kernels' own thread team (team.py), not on numba's OpenMP
+# regions; the few parallel loops left (dequantize(), the bandwidth probe) are long enough that a
 # wake-up per region does not matter, while OpenMP's default spinning would take the cores from
 # the team's workers on a 2-core machine. Set before the first parallel region, when libgomp
 # reads it; a value the user set wins.

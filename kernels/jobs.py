@@ -22,6 +22,9 @@ ATTEND, decode attention of a few queries over a KV cache: one item per (query, 
 SPARSE, out = x @ W.T for a few x rows and a 2:4 weight in the compact planes (sparse.py):
 items are runs of rows. SPARSE_GEMM, the same for many x rows in 16-bit integers: items are runs
 of rows that start at multiples of gemm.GROUP_ROWS.
+
+GELU_MUL, out = gelu(g) * u over a prefill's FFN activations (gelu.py): items are runs of
+GELU_ITEM values.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ from numba import carray, njit
 
 from .atomics import address_as_pointer
 from .attend import attend_one
+from .gelu import gelu_mul_range
 from .gemm import gemm_rows
 from .matvec import matvec_rows
 from .sparse import gemm_sparse_rows, sparse_rows
 
 KIND, N_ITEMS = 0, 1
-MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM = 1, 2, 3, 4, 5
+MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM, GELU_MUL = 1, 2, 3, 4, 5, 6
 
 # MATVEC and GEMM fields (GEMM does not read MV_X)
 MV_N, MV_COLS, MV_X, MV_XQ, MV_XD, MV_XS32, MV_XS16, MV_F16, MV_WEIGHTS = range(2, 11)
@@ -56,6 +60,10 @@ DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
 # k_pos [m] int64; scores: float32 [n * n_head, m] scratch; SCALE: a float64's bits.
 (AT_N, AT_HEADS, AT_HD, AT_HD_V, AT_KV_HEADS, AT_M, AT_Q, AT_K, AT_V, AT_K_STRIDE, AT_V_STRIDE,
  AT_QPOS, AT_KPOS, AT_OUT, AT_SCORES, AT_SCALE, AT_WINDOW) = range(2, 19)
+
+# GELU_MUL fields: N values of g, u, out (float32, contiguous)
+GE_N, GE_G, GE_U, GE_OUT = range(2, 6)
+GELU_ITEM = 16 << 10  # values per item: 64 KB of each array
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -129,3 +137,7 @@ def run_item(desc, item):
         attend_item(desc, item)
     elif desc[KIND] == SPARSE or desc[KIND] == SPARSE_GEMM:
         sparse_item(desc, item)
+    elif desc[KIND] == GELU_MUL:
+        n = desc[GE_N]
+        gelu_mul_range(_f32(desc[GE_G], (n,)), _f32(desc[GE_U], (n,)), _f32(desc[GE_OUT], (n,)),
+                       item * GELU_ITEM, min(n, (item + 1) * GELU_ITEM))

@@ -8,13 +8,13 @@ more than the arithmetic. Shapes: n = tokens in the batch, d = model width, hd =
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import jobs
 from .dispatch import current_team, parallel_map
+from .gelu import gelu_mul_range
 from .simd import exp_inplace
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
@@ -62,57 +62,29 @@ def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     g = np.ascontiguousarray(gate, dtype=np.float32).reshape(-1)
     u = np.ascontiguousarray(up, dtype=np.float32).reshape(-1)
     out = np.empty_like(g)
-    (_gelu_mul if g.size <= SERIAL_ELEMENTS else _gelu_mul_parallel)(g, u, out)
+    if g.size <= SERIAL_ELEMENTS:
+        _gelu_mul(g, u, out)
+    else:  # a team job: numba's OpenMP threads would share the cores with the team's spinning ones
+        t = current_team()
+        with t.lock:
+            _fill_gelu_mul(t.desc, g, u, out)
+            t.run()
     return out.reshape(gate.shape)
 
 
 SERIAL_ELEMENTS = 1 << 16  # up to this many values (a decode step), on this thread
 
 
-# tanh(v) for float32 as v * P(v^2) / Q(v^2), the minimax rational fit Eigen uses (within a few
-# ulp on [-7.905, 7.905], where float32 tanh has reached +-1): plain arithmetic, so the loops
-# below vectorize, where np.tanh is a scalar libm call per value (a prefill's 19M GELUs took
-# 0.17 s of 1.4).
-TANH_CLAMP = 7.90531110763549805
-TANH_P = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
-          -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
-TANH_Q = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
-
-
-@njit(cache=True, inline="always")
-def _tanh(v):
-    c = np.float32(TANH_CLAMP)
-    v = c if v > c else (-c if v < -c else v)
-    v2 = v * v
-    p = np.float32(TANH_P[6]) * v2 + np.float32(TANH_P[5])
-    p = p * v2 + np.float32(TANH_P[4])
-    p = p * v2 + np.float32(TANH_P[3])
-    p = p * v2 + np.float32(TANH_P[2])
-    p = p * v2 + np.float32(TANH_P[1])
-    p = p * v2 + np.float32(TANH_P[0])
-    q = np.float32(TANH_Q[3]) * v2 + np.float32(TANH_Q[2])
-    q = q * v2 + np.float32(TANH_Q[1])
-    q = q * v2 + np.float32(TANH_Q[0])
-    return v * p / q
-
-
-@njit(cache=True, inline="always")
-def _gelu_one(v):
-    c = np.float32(math.sqrt(2.0 / math.pi))
-    return np.float32(0.5) * v * (np.float32(1.0) + _tanh(c * (v + np.float32(0.044715) * v * v * v)))
-
-
-# error_model="numpy": no ZeroDivisionError check on p / q, which would keep the loops scalar
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gelu_mul(g, u, out):
-    for i in range(g.shape[0]):
-        out[i] = _gelu_one(g[i]) * u[i]
+    gelu_mul_range(g, u, out, 0, g.shape[0])
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _gelu_mul_parallel(g, u, out):
-    for i in prange(g.shape[0]):
-        out[i] = _gelu_one(g[i]) * u[i]
+@njit(cache=True, nogil=True)
+def _fill_gelu_mul(desc, g, u, out):
+    n = g.shape[0]
+    desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.GELU_MUL, -(-n // jobs.GELU_ITEM)
+    desc[jobs.GE_N], desc[jobs.GE_G], desc[jobs.GE_U], desc[jobs.GE_OUT] = n, g.ctypes.data, u.ctypes.data, out.ctypes.data
 
 
 def rope_tables(
