@@ -349,3 +349,23 @@ def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head
     many_pos = np.concatenate([q_pos] * (FEW_QUERIES // n + 1))
     blocked = attention(many, k, v, many_pos, k_pos, 0.25, window)[:n]
     np.testing.assert_allclose(got, blocked, rtol=2e-5, atol=2e-6)
+
+
+def test_gelu_mul_matches_float64_and_the_team_job_matches_the_serial_loop():
+    """gelu_tanh(g) * u: the rational tanh within float32 rounding of float64 math, including
+    the clamp region; a prefill-sized array (a team job) gives the serial loop's bits."""
+    from edgellm.kernels.nn import SERIAL_ELEMENTS, gelu_mul
+
+    rng = np.random.default_rng(7)
+    n = 3 * SERIAL_ELEMENTS + 123  # several team items and a ragged last one
+    g = (rng.standard_normal(n) * 4).astype(np.float32)
+    g[:6] = [0.0, -0.0, 20.0, -20.0, 1e-30, -9.0]
+    u = rng.standard_normal(n).astype(np.float32)
+    got = gelu_mul(g, u)
+    x = g.astype(np.float64)
+    want = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))) * u
+    # atol: 1 + tanh(v) cancels in float32 on the far negative side, as in ggml
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-6)
+    serial = np.concatenate([gelu_mul(g[i:i + SERIAL_ELEMENTS], u[i:i + SERIAL_ELEMENTS])
+                             for i in range(0, n, SERIAL_ELEMENTS)])
+    assert np.array_equal(got, serial)
