@@ -179,6 +179,15 @@ class _Cursor:
         raise GGUFError(f"unknown array element type {etype} in {what}")
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _u48(data, p):
+    """The low 6 bytes of the little-endian u64 at data[p]."""
+    n = 0
+    for b in range(6):
+        n |= np.int64(data[p + b]) << (8 * b)
+    return n
+
+
 @njit(cache=True, nogil=True)
 def _join_strings(data, pos, count):
     """count length-prefixed (u64 little-endian) strings from data[pos:]: their bytes joined by
@@ -189,9 +198,7 @@ def _join_strings(data, pos, count):
     for _ in range(count):
         if p + 8 > size or data[p + 7] != 0 or data[p + 6] != 0:  # more than 2^48: absurd
             return np.empty(0, np.uint8), -1
-        n = 0
-        for b in range(6):
-            n |= np.int64(data[p + b]) << (8 * b)
+        n = _u48(data, p)
         p += 8
         if n > size - p:
             return np.empty(0, np.uint8), -1
@@ -200,9 +207,7 @@ def _join_strings(data, pos, count):
     joined = np.empty(total + max(count - 1, 0), np.uint8)
     p, q = pos, 0
     for i in range(count):
-        n = 0
-        for b in range(6):
-            n |= np.int64(data[p + b]) << (8 * b)
+        n = _u48(data, p)
         p += 8
         if i > 0:
             joined[q] = 0

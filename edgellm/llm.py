@@ -29,7 +29,6 @@ from edgellm.system import peak_rss_mb, physical_cores
 from edgellm.tokenizer import Tokenizer
 
 
-DECODE_MAX_TOKENS = 8  # batches up to this size run on the Numba mat-vec kernels alone
 WARM_UP_TOKENS = 64  # the batch that compiles the prefill kernels on a first run
 
 

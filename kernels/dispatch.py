@@ -113,8 +113,8 @@ def dequantize_rows(data, ggml_type, row_ids, out):
             dequantize_row(data[row_ids[i]], ggml_type, out[i])
 
 
-# dequantize_rows_serial's kernels, one per type: a lookup needs one type (the embedding's), and
-# a kernel with the type switch compiles all eleven (3 s of a first run's ~18 s, for a Q8_0 row).
+# dequantize_rows_serial's kernels, one per block type: a lookup needs one type (the embedding's),
+# and a kernel with the type switch compiles all eleven (3 s of a first run's ~18 s, for Q8_0).
 @njit(cache=True, nogil=True, fastmath=False)
 def _rows_q8_0(data, row_ids, out):
     for i in range(row_ids.shape[0]):
@@ -164,32 +164,27 @@ def _rows_q6_k(data, row_ids, out):
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _rows_f32(data, row_ids, out):
+def _rows_float(data, ggml_type, row_ids, out):  # F32, F16, BF16: three small loops
     for i in range(row_ids.shape[0]):
-        dequantize_row_f32(data[row_ids[i]], out[i])
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def _rows_f16(data, row_ids, out):
-    for i in range(row_ids.shape[0]):
-        dequantize_row_f16(data[row_ids[i]], out[i])
-
-
-@njit(cache=True, nogil=True, fastmath=False)
-def _rows_bf16(data, row_ids, out):
-    for i in range(row_ids.shape[0]):
-        dequantize_row_bf16(data[row_ids[i]], out[i])
+        if ggml_type == F32:
+            dequantize_row_f32(data[row_ids[i]], out[i])
+        elif ggml_type == F16:
+            dequantize_row_f16(data[row_ids[i]], out[i])
+        else:
+            dequantize_row_bf16(data[row_ids[i]], out[i])
 
 
 _ROWS_SERIAL = {Q8_0: _rows_q8_0, Q4_0: _rows_q4_0, Q4_1: _rows_q4_1, Q5_0: _rows_q5_0, Q5_1: _rows_q5_1,
-                Q4_K: _rows_q4_k, Q5_K: _rows_q5_k, Q6_K: _rows_q6_k, F32: _rows_f32, F16: _rows_f16,
-                BF16: _rows_bf16}
+                Q4_K: _rows_q4_k, Q5_K: _rows_q5_k, Q6_K: _rows_q6_k}
 
 
 def dequantize_rows_serial(data, ggml_type, row_ids, out):
     """dequantize_rows on the calling thread, without the GIL: for a few rows (embedding
     lookups) or for one worker's prefill tile."""
-    _ROWS_SERIAL[ggml_type](data, row_ids, out)
+    if ggml_type in FLOAT_TYPES:
+        _rows_float(data, ggml_type, row_ids, out)
+    else:
+        _ROWS_SERIAL[ggml_type](data, row_ids, out)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -329,11 +324,20 @@ def current_team():
     return _current[0]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _scratch_layout(kind, n, n_cols):
+    """Where _quantize_into_scratch puts the quantized x: the codes (16-bit for jobs.GEMM, else
+    8-bit) from 0, then xd, xs32 and xs16 `floats` bytes apart, each on a 64-byte boundary.
+    Returns (codes, floats) in bytes; the whole takes codes + 3 * floats."""
+    codes = -(-n * n_cols * (2 if kind == jobs.GEMM else 1) // 64) * 64
+    floats = -(-4 * n * (n_cols // 16) // 64) * 64
+    return codes, floats
+
+
 def _scratch_bytes(kind: int, n: int, n_cols: int) -> int:
-    """Bytes _fill_weights needs for the quantized x: codes, then three float arrays, each
-    starting on a 64-byte boundary."""
-    codes = n * n_cols * (2 if kind == jobs.GEMM else 1)
-    return -(-codes // 64) * 64 + 3 * (-(-(4 * n * (n_cols // 16)) // 64) * 64)
+    """Bytes _fill_weights and _fill_sparse need for the quantized x."""
+    codes, floats = _scratch_layout(kind, n, n_cols)
+    return codes + 3 * floats
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -341,8 +345,7 @@ def _quantize_into_scratch(x, scratch, kind, desc):
     """x quantized into scratch (16-bit codes for jobs.GEMM, else 8-bit) and the addresses of
     codes, xd, xs32, xs16 in desc's MV_ fields."""
     n, n_cols = x.shape
-    codes = -(-n * n_cols * (2 if kind == jobs.GEMM else 1) // 64) * 64
-    floats = -(-4 * n * (n_cols // 16) // 64) * 64
+    codes, floats = _scratch_layout(kind, n, n_cols)
     xd = scratch[codes : codes + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
     xs32 = scratch[codes + floats : codes + floats + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
     xs16 = scratch[codes + 2 * floats : codes + 2 * floats + 4 * n * (n_cols // 16)].view(np.float32).reshape(n, n_cols // 16)

@@ -8,8 +8,9 @@ what to compute and where the arrays are (raw addresses), cut into numbered work
 `run_item(desc, i)` does item i; any thread may run any item, in any order. The functions from
 run_item down to the kernels are inlined (numba inline="always") into the team's one entry,
 team.serve: numba compiles each njit function with everything it calls, so every level of
-calls between serve and the kernels would compile the kernels again (3-4 s each, cold). A job's arrays must
-stay alive until the job is done: the thread that posts it holds them and waits.
+calls between serve and the kernels would compile the kernels again (3-4 s each, cold); the
+one exception, gelu.gelu_mul_range, is small and needs its own error model. A job's arrays
+must stay alive until the job is done: the thread that posts it holds them and waits.
 
 MATVEC, outs[w] = x @ W_w.T for up to GROUP weights of n_cols columns each (Q, K, V; gate, up),
 a few x rows (decode): items are runs of consecutive rows of one weight.
@@ -130,6 +131,13 @@ def sparse_item(desc, item):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def gelu_item(desc, item):
+    n = desc[GE_N]
+    gelu_mul_range(_f32(desc[GE_G], (n,)), _f32(desc[GE_U], (n,)), _f32(desc[GE_OUT], (n,)),
+                   item * GELU_ITEM, min(n, (item + 1) * GELU_ITEM))
+
+
+@njit(cache=True, nogil=True, inline="always")
 def run_item(desc, item):
     if desc[KIND] == MATVEC or desc[KIND] == GEMM:
         weights_item(desc, item)
@@ -138,6 +146,4 @@ def run_item(desc, item):
     elif desc[KIND] == SPARSE or desc[KIND] == SPARSE_GEMM:
         sparse_item(desc, item)
     elif desc[KIND] == GELU_MUL:
-        n = desc[GE_N]
-        gelu_mul_range(_f32(desc[GE_G], (n,)), _f32(desc[GE_U], (n,)), _f32(desc[GE_OUT], (n,)),
-                       item * GELU_ITEM, min(n, (item + 1) * GELU_ITEM))
+        gelu_item(desc, item)

@@ -8,7 +8,6 @@ more than the arithmetic. Shapes: n = tokens in the batch, d = model width, hd =
 
 from __future__ import annotations
 
-
 import numpy as np
 from numba import njit
 
