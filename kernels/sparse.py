@@ -49,33 +49,40 @@ HAS_VBMI = bool(_FEATURES.get("avx512vbmi") and _FEATURES.get("avx512vl"))
 
 I16 = ir.IntType(16)
 SPARSE_ARGS = ("values", "index", "scales", "xq", "xd", "f16", "out", "start", "stop")
-# Entry j of a pair of blocks (j < 16: the first block's entry j, else the second's entry j - 16)
-# sits in column 32 * (j // 16) + 4 * ((j % 16) // 2) + its position of the pair's 64.
-_PAIR_BASE = [32 * (j // 16) + 4 * ((j % 16) // 2) for j in range(32)]
+# A pair of blocks (2c, 2c + 1) in 32 byte slots, as vpdpbusd sums them 4 to an int32 lane:
+# lane L holds block 2c + L % 2's kept entries 4 (L // 2) .. 4 (L // 2) + 3, so lanes alternate
+# blocks and the lanes' scales are one broadcast of the pair's two.
+_SLOT_BLOCK = [(s // 4) % 2 for s in range(32)]
+_SLOT_ENTRY = [4 * (s // 8) + s % 4 for s in range(32)]
+_SLOT_POS_SHIFT = [32 * blk + 2 * k for blk, k in zip(_SLOT_BLOCK, _SLOT_ENTRY)]  # in the pair's 64 index bits
+_SLOT_BASE = [32 * blk + 4 * (k // 2) for blk, k in zip(_SLOT_BLOCK, _SLOT_ENTRY)]  # group's first column
+_Q8_DWORDS = [4 * blk + lane // 2 for lane, blk in enumerate(_SLOT_BLOCK[::4])]  # lane -> values dword
+PAIRS_PER_STEP = 4  # pairs of blocks per loop step: one f16 conversion of 8 scales
 
 
 def _pair_lanes(e, q8, c):
-    """<8 x float>: the pair of blocks (2c, 2c + 1) of e's row . x before scaling, lanes 0-3
-    for block 2c, 4-7 for block 2c + 1 (4 kept products each)."""
+    """<8 x float>: the pair of blocks (2c, 2c + 1) of e's row . x before scaling, 4 kept
+    products per lane, lanes alternating the blocks."""
     b = e.b
     v32 = vec(I8, 32)
-    # positions: the pair's two uint32 index words, bits 2j..2j+1 -> byte j, plus each entry's base
+    # positions: the pair's two uint32 index words; each slot's 2 bits -> its byte, plus its base
     words = b.load(b.bitcast(e.gep(e.index, e.mul(c, 8)), I64.as_pointer()), align=1)
     spread = b.call(declare(b.module, "llvm.x86.avx512.pmultishift.qb.256", v32, [v32, v32]),
-                    [e.const(I8, 32, [2 * j for j in range(32)]), b.bitcast(e.splat(words, 4), v32)])
-    cols = b.add(b.and_(spread, e.const(I8, 32, 3)), e.const(I8, 32, _PAIR_BASE))
+                    [e.const(I8, 32, _SLOT_POS_SHIFT), b.bitcast(e.splat(words, 4), v32)])
+    cols = b.add(b.and_(spread, e.const(I8, 32, 3)), e.const(I8, 32, _SLOT_BASE))
     x0 = b.load(b.bitcast(e.gep(e.xq, e.mul(c, 64)), v32.as_pointer()), align=1)
     x1 = b.load(b.bitcast(e.gep(e.xq, e.add(e.mul(c, 64), 32)), v32.as_pointer()), align=1)
     xs = b.call(declare(b.module, "llvm.x86.avx512.vpermi2var.qi.256", v32, [v32, v32, v32]), [x0, cols, x1])
-    # the kept values times their x codes, entry order as xs: 4 products per int32 lane
-    if q8:  # signed values: |w| against x with w's sign
-        w = b.load(b.bitcast(e.gep(e.values, e.mul(c, 32)), v32.as_pointer()), align=1)
+    # the kept values times their x codes, in the slots' order
+    if q8:  # signed values: |w| against x with w's sign; the blocks' dwords interleaved
+        w = b.load(b.bitcast(e.gep(e.values, e.mul(c, 32)), vec(I32, 8).as_pointer()), align=1)
+        w = b.bitcast(b.shuffle_vector(w, w, e.const(I32, 8, _Q8_DWORDS)), v32)
         u = b.call(declare(b.module, "llvm.abs.v32i8", v32, [v32, ir.IntType(1)]), [w, ir.Constant(ir.IntType(1), 0)])
         dots = idot(e, u, b.select(b.icmp_signed("<", w, e.const(I8, 32, 0)), b.sub(e.const(I8, 32, 0), xs), xs))
     else:  # nibbles v, values v - 8: v . x - 8 . x, two independent dot instructions
-        raw = b.load(b.bitcast(e.gep(e.values, e.mul(c, 16)), vec(I8, 16).as_pointer()), align=1)
-        lo, hi = b.and_(raw, e.const(I8, 16, 15)), b.lshr(raw, e.const(I8, 16, 4))
-        v = b.shuffle_vector(lo, hi, e.const(I32, 32, list(range(32))))
+        # dword m of the 16 bytes in lanes 2m (low nibbles: block 2c) and 2m + 1 (high: 2c + 1)
+        raw = b.zext(b.load(b.bitcast(e.gep(e.values, e.mul(c, 16)), vec(I32, 4).as_pointer()), align=1), vec(I64, 4))
+        v = b.and_(b.bitcast(b.or_(raw, b.shl(raw, e.const(I64, 4, 28))), v32), e.const(I8, 32, 15))
         dots = b.sub(idot(e, v, xs), idot(e, e.const(I8, 32, 8), xs))
     return e.to_float(dots)
 
@@ -89,30 +96,35 @@ def _block_scales(e, first, n):
     return e.fmul(d, xd)
 
 
+def _add_pair(e, q8, acc, scales, k, c):
+    """acc += pair c's lanes times its scales, entries 2k and 2k + 1 of scales (one vpermpd)."""
+    b = e.b
+    spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [2 * k, 2 * k + 1] * (ILANES // 2)))
+    b.store(e.fma(spread, _pair_lanes(e, q8, c), b.load(acc)), acc)
+
+
 def _row_dot(e, q8, n_cols):
-    """e's row . x: pairs of blocks two at a time (their four scales in one vector, two
-    accumulators), then an odd last pair."""
+    """e's row . x: four pairs of blocks per step (their 8 scales converted at once, two
+    accumulators), then the last 0-3 pairs one at a time."""
     b = e.b
     accs = [cgutils.alloca_once_value(b, e.const(F32, ILANES, 0.0)) for _ in range(2)]
     n_pairs = b.udiv(n_cols, ir.Constant(I64, 64))
-    with cgutils.for_range(b, b.udiv(n_pairs, ir.Constant(I64, 2))) as loop:
-        c = e.mul(loop.index, 2)
+    n_steps = b.udiv(n_pairs, ir.Constant(I64, PAIRS_PER_STEP))
+    with cgutils.for_range(b, n_steps) as loop:
+        c = e.mul(loop.index, PAIRS_PER_STEP)
         # three streams (values, index, scales), each asking for its bytes ahead: without the
         # prefetches a llama-shaped Q4 decode ran 1.17x the dense one, with all three 1.25x
-        e.prefetch_at(e.gep(e.values, e.add(e.mul(c, 32 if q8 else 16), PREFETCH_BYTES)))
+        for line in range(2 if q8 else 1):  # a step reads 128 (Q8) or 64 bytes of values
+            e.prefetch_at(e.gep(e.values, e.add(e.mul(c, 32 if q8 else 16), PREFETCH_BYTES + 64 * line)))
         e.prefetch_at(e.gep(e.index, e.add(e.mul(c, 8), PREFETCH_BYTES // 2)))
         e.prefetch_at(e.gep(b.bitcast(e.scales, I8.as_pointer()), e.add(e.mul(c, 4), PREFETCH_BYTES // 4)))
-        scales = _block_scales(e, e.mul(c, 2), 4)
-        for k in range(2):
-            lanes = _pair_lanes(e, q8, e.add(c, k))
-            spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [2 * k] * 4 + [2 * k + 1] * 4))
-            b.store(e.fma(spread, lanes, b.load(accs[k])), accs[k])
-    odd = b.icmp_unsigned("!=", b.urem(n_pairs, ir.Constant(I64, 2)), ir.Constant(I64, 0))
-    with b.if_then(odd):
-        c = b.sub(n_pairs, ir.Constant(I64, 1))
-        scales = _block_scales(e, e.mul(c, 2), 2)
-        spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [0] * 4 + [1] * 4))
-        b.store(e.fma(spread, _pair_lanes(e, q8, c), b.load(accs[0])), accs[0])
+        scales = _block_scales(e, e.mul(c, 2), 2 * PAIRS_PER_STEP)
+        for k in range(PAIRS_PER_STEP):
+            _add_pair(e, q8, accs[k % 2], scales, k, e.add(c, k))
+    first = e.mul(n_steps, PAIRS_PER_STEP)
+    with cgutils.for_range(b, b.sub(n_pairs, first)) as loop:
+        c = b.add(first, loop.index)
+        _add_pair(e, q8, accs[0], _block_scales(e, e.mul(c, 2), 2), 0, c)
     return e.reduce(e.fadd(b.load(accs[0]), b.load(accs[1])))
 
 
