@@ -18,7 +18,8 @@ a few x rows (decode): items are runs of consecutive rows of one weight.
 GEMM, the same for many x rows (prefill) of quantized weights, in 16-bit integers (gemm.py):
 items are runs of rows that start at multiples of gemm.GROUP_ROWS.
 
-ATTEND, decode attention of a few queries over a KV cache: one item per (query, head).
+ATTEND, decode attention of a few queries over a KV cache (attend.py): one item per (query, KV
+head, chunk of attend.CHUNK cache slots), writing that chunk's partial softmax.
 
 SPARSE, out = x @ W.T for a few x rows and a 2:4 weight in the compact planes (sparse.py):
 items are runs of rows. SPARSE_GEMM, the same for many x rows in 16-bit integers: items are runs
@@ -34,7 +35,7 @@ import numpy as np
 from numba import carray, njit
 
 from .atomics import address_as_pointer
-from .attend import attend_one
+from .attend import attend_part
 from .gelu import gelu_mul_range
 from .gemm import gemm_rows
 from .matvec import matvec_rows
@@ -56,11 +57,13 @@ DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
 # [rows, n_cols / 32]), Q8 (1: int8 values), OUT float32 [n, rows], ITEM_ROWS.
 (SP_VALUES, SP_VALUE_BYTES, SP_INDEX, SP_SCALES, SP_ROWS, SP_Q8, SP_OUT, SP_ITEM_ROWS) = range(16, 24)
 
-# ATTEND fields: q [n, n_head, hd], out [n, n_head, hd_v] (C order); k, v: n_kv heads of
-# [m, hd] / [m, hd_v] rows, each head K_STRIDE / V_STRIDE floats after the previous; q_pos [n],
-# k_pos [m] int64; scores: float32 [n * n_head, m] scratch; SCALE: a float64's bits.
+# ATTEND fields: q [n, n_head, hd] (C order); k, v: n_kv heads of [m, hd] / [m, hd_v] rows, each
+# head K_STRIDE / V_STRIDE floats after the previous; q_pos [n], k_pos [m] int64; SCALE: a
+# float64's bits; CHUNK slots per item; per item (query, KV head, chunk), in item order, the
+# group's g = n_head / n_kv partials: PMAX, PSUM float32 [g], PACC float32 [g, hd_v], and
+# SCORES float32 [g, CHUNK] scratch.
 (AT_N, AT_HEADS, AT_HD, AT_HD_V, AT_KV_HEADS, AT_M, AT_Q, AT_K, AT_V, AT_K_STRIDE, AT_V_STRIDE,
- AT_QPOS, AT_KPOS, AT_OUT, AT_SCORES, AT_SCALE, AT_WINDOW) = range(2, 19)
+ AT_QPOS, AT_KPOS, AT_SCORES, AT_SCALE, AT_WINDOW, AT_CHUNK, AT_PMAX, AT_PSUM, AT_PACC) = range(2, 22)
 
 # GELU_MUL fields: N values of g, u, out (float32, contiguous)
 GE_N, GE_G, GE_U, GE_OUT = range(2, 6)
@@ -98,16 +101,18 @@ def weights_item(desc, item):
 @njit(cache=True, nogil=True, inline="always")
 def attend_item(desc, item):
     n_head, hd, hd_v, m = desc[AT_HEADS], desc[AT_HD], desc[AT_HD_V], desc[AT_M]
-    i, h = item // n_head, item % n_head
-    kv = h // (n_head // desc[AT_KV_HEADS])
-    q = _f32(desc[AT_Q] + 4 * (i * n_head + h) * hd, (hd,))
+    n_kv, chunk = desc[AT_KV_HEADS], desc[AT_CHUNK]
+    g, n_chunks = n_head // n_kv, -(-m // chunk)
+    i, kv, c = item // (n_kv * n_chunks), (item // n_chunks) % n_kv, item % n_chunks
+    q = _f32(desc[AT_Q] + 4 * (i * n_head + kv * g) * hd, (g, hd))
     k = _f32(desc[AT_K] + 4 * kv * desc[AT_K_STRIDE], (m, hd))
     v = _f32(desc[AT_V] + 4 * kv * desc[AT_V_STRIDE], (m, hd_v))
     q_pos = carray(address_as_pointer(desc[AT_QPOS], np.int64), (desc[AT_N],))
     k_pos = carray(address_as_pointer(desc[AT_KPOS], np.int64), (m,))
     scale = desc[AT_SCALE:AT_SCALE + 1].view(np.float64)[0]
-    attend_one(q, k, v, q_pos[i], k_pos, np.float32(scale), desc[AT_WINDOW],
-               _f32(desc[AT_SCORES] + 4 * item * m, (m,)), _f32(desc[AT_OUT] + 4 * (i * n_head + h) * hd_v, (hd_v,)))
+    attend_part(q, k, v, q_pos[i], k_pos, np.float32(scale), desc[AT_WINDOW], c * chunk, min(m, (c + 1) * chunk),
+                _f32(desc[AT_SCORES] + 4 * item * g * chunk, (g, chunk)), _f32(desc[AT_PMAX] + 4 * item * g, (g,)),
+                _f32(desc[AT_PSUM] + 4 * item * g, (g,)), _f32(desc[AT_PACC] + 4 * item * g * hd_v, (g, hd_v)))
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from . import jobs
+from .attend import CHUNK, combine_parts
 from .dispatch import current_team, parallel_map
 from .gelu import gelu_mul_range
 from .simd import exp_inplace
@@ -227,31 +228,40 @@ def _softmax_rows(scores, q_pos, k_pos, scale, window, group):
 
 
 def _attention_few(q, k, v, q_pos, k_pos, scale, window) -> np.ndarray:
-    """attention() for a few queries (decode): one team job, an item per (query, head)."""
+    """attention() for a few queries (decode): one team job, an item per (query, KV head, chunk
+    of cache slots), whose partial softmaxes are then combined (attend.py)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     n, n_head, _ = q.shape
-    out = np.empty((n, n_head, v.shape[2]), np.float32)
+    n_kv, m, hd_v = v.shape
+    out = np.empty((n, n_head, hd_v), np.float32)
     if k.strides[1:] != (4 * k.shape[2], 4) or k.dtype != np.float32:
         k = np.ascontiguousarray(k, dtype=np.float32)
     if v.strides[1:] != (4 * v.shape[2], 4) or v.dtype != np.float32:
         v = np.ascontiguousarray(v, dtype=np.float32)
-    scores = np.empty((n * n_head, k.shape[1]), np.float32)
+    chunk = min(CHUNK, m)
+    parts = (n, n_kv, -(-m // chunk), n_head // n_kv)
+    part_max, part_sum = np.empty(parts, np.float32), np.empty(parts, np.float32)
+    part_acc = np.empty(parts + (hd_v,), np.float32)
+    scores = np.empty(parts + (chunk,), np.float32)
     t = current_team()
     with t.lock:
         _fill_attend(t.desc, q, k, v, np.ascontiguousarray(q_pos, dtype=np.int64),
-                     np.ascontiguousarray(k_pos, dtype=np.int64), scale, window, scores, out)
+                     np.ascontiguousarray(k_pos, dtype=np.int64), scale, window, chunk, scores,
+                     part_max, part_sum, part_acc)
         t.run()
+    combine_parts(part_max, part_sum, part_acc, out)
     return out.reshape(n, -1)
 
 
 @njit(cache=True, nogil=True)
-def _fill_attend(desc, q, k, v, q_pos, k_pos, scale, window, scores, out):
+def _fill_attend(desc, q, k, v, q_pos, k_pos, scale, window, chunk, scores, part_max, part_sum, part_acc):
     n, n_head, hd = q.shape
-    desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.ATTEND, n * n_head
+    desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.ATTEND, part_max.size // part_max.shape[3]
     desc[jobs.AT_N], desc[jobs.AT_HEADS], desc[jobs.AT_HD], desc[jobs.AT_HD_V] = n, n_head, hd, v.shape[2]
     desc[jobs.AT_KV_HEADS], desc[jobs.AT_M] = k.shape[0], k.shape[1]
     desc[jobs.AT_Q], desc[jobs.AT_K], desc[jobs.AT_V] = q.ctypes.data, k.ctypes.data, v.ctypes.data
     desc[jobs.AT_K_STRIDE], desc[jobs.AT_V_STRIDE] = k.strides[0] // 4, v.strides[0] // 4
     desc[jobs.AT_QPOS], desc[jobs.AT_KPOS] = q_pos.ctypes.data, k_pos.ctypes.data
-    desc[jobs.AT_OUT], desc[jobs.AT_SCORES], desc[jobs.AT_WINDOW] = out.ctypes.data, scores.ctypes.data, window
+    desc[jobs.AT_SCORES], desc[jobs.AT_WINDOW], desc[jobs.AT_CHUNK] = scores.ctypes.data, window, chunk
+    desc[jobs.AT_PMAX], desc[jobs.AT_PSUM], desc[jobs.AT_PACC] = part_max.ctypes.data, part_sum.ctypes.data, part_acc.ctypes.data
     desc[jobs.AT_SCALE:jobs.AT_SCALE + 1].view(np.float64)[0] = scale

@@ -324,15 +324,19 @@ def _attention_reference(q, k, v, q_pos, k_pos, scale, window):
 
 
 @pytest.mark.parametrize("n_head,n_kv", [(4, 1), (8, 2), (2, 2)])
-@pytest.mark.parametrize("window", [0, 5])
-def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head, n_kv, window):
-    """attention() for <= FEW_QUERIES queries (a team job, one item per query x head) gives what
-    the blocked prefill path and a float64 reference give: GQA groups, a sliding window, empty
-    (-1) and ring-ordered cache slots."""
+@pytest.mark.parametrize("window", [0, 5, 400])
+@pytest.mark.parametrize("m", [23, 700])
+def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head, n_kv, window, m):
+    """attention() for <= FEW_QUERIES queries (a team job, one item per query x KV head x chunk
+    of slots, the chunks combined) gives what the blocked prefill path and a float64 reference
+    give: GQA groups, a sliding window, empty (-1) and ring-ordered cache slots, caches of one
+    chunk and of several (700 slots: 3 chunks, some of them hidden from a query entirely)."""
+    from edgellm.kernels.attend import CHUNK
     from edgellm.kernels.nn import FEW_QUERIES, attention
 
-    rng = np.random.default_rng(n_head * 10 + n_kv + window)
-    m, hd = 23, 16
+    assert 2 * CHUNK < 700
+    rng = np.random.default_rng(n_head * 10 + n_kv + window + m)
+    hd = 16
     k = rng.standard_normal((n_kv, m, hd)).astype(np.float32)
     v = rng.standard_normal((n_kv, m, hd)).astype(np.float32)
     k_pos = np.arange(m, dtype=np.int64)
@@ -340,7 +344,7 @@ def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head
     k_pos[[2, 11]] = -1  # empty slots
     n = 3
     q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
-    q_pos = np.array([9, 15, 22], dtype=np.int64)
+    q_pos = np.array([9, 15, m - 1], dtype=np.int64)
     got = attention(q, k, v, q_pos, k_pos, 0.25, window)
     want = _attention_reference(q, k, v, q_pos, k_pos, 0.25, window)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
