@@ -70,11 +70,7 @@ class SparseWeight:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """x float32 [n, n_cols] -> x @ W.T, float32 [n, rows] (the kernels' sparse_matmul)."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.n_cols:
-            raise ValueError(f"x must be [n, {self.n_cols}], got {x.shape}")
-        out = np.empty((x.shape[0], self.shape[0]), np.float32)
-        return sparse_matmul(self.values, self.index, self.scales, self.value_type == Q.Q8_0, x, out)
+        return matmul_group([self], x)[0]
 
     def dequantize_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Rows [start, start + len(out)) as float32, zeros in place: the twin's values exactly."""
@@ -83,6 +79,20 @@ class SparseWeight:
 
     def dequantize(self) -> np.ndarray:
         return self.dequantize_into(0, np.empty(self.shape, np.float32))
+
+
+def matmul_group(weights: list[SparseWeight], x: np.ndarray) -> list[np.ndarray]:
+    """[x @ W.T for W in weights] for weights of one value type and width reading the same x
+    float32 [n, n_cols] (Q, K, V; gate, up): one team job for all their rows, as the dense
+    weights are multiplied together."""
+    n_cols, value_type = weights[0].n_cols, weights[0].value_type
+    if any(w.n_cols != n_cols or w.value_type != value_type for w in weights):
+        raise ValueError("matmul_group: the weights must have one width and value type")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != n_cols:
+        raise ValueError(f"x must be [n, {n_cols}], got {x.shape}")
+    outs = [np.empty((x.shape[0], w.shape[0]), np.float32) for w in weights]
+    return sparse_matmul([(w.values, w.index, w.scales) for w in weights], value_type == Q.Q8_0, x, outs)
 
 
 def read_metadata(gguf: GGUFFile) -> dict | None:

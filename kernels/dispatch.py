@@ -12,7 +12,7 @@ live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (dec
                     a few x rows (decode) are one jobs.MATVEC, x quantized to 8 bits; many
                     (prefill) one jobs.GEMM, x quantized to 16 bits; float weights in prefill
                     go through dequantized tiles and single-threaded BLAS on a pool of threads
-    sparse_matmul   the same for a 2:4 weight's compact planes (jobs.SPARSE / SPARSE_GEMM)
+    sparse_matmul   the same for 2:4 weights' compact planes (jobs.SPARSE / SPARSE_GEMM)
 
 Jobs run on the team of set_num_threads() threads (team.py): a fill function (numba) writes the
 descriptor and the quantized x into the team's scratch, Team.run() runs it.
@@ -383,43 +383,57 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
     desc[jobs.N_ITEMS] = items
 
 
-def sparse_matmul(values: np.ndarray, index: np.ndarray, scales: np.ndarray, q8: bool, x: np.ndarray,
-                  out: np.ndarray) -> np.ndarray:
-    """out = x @ W.T for a 2:4 weight in the compact planes (sparse.py; values uint8 [rows, ...]:
-    Q4 nibbles or Q8 int8 bytes, index uint8 [rows, n_cols / 8], scales uint16 [rows, n_cols /
-    32]), x float32 [n, n_cols], out float32 [n, rows]. As the dense weights: a team job with x in
-    8-bit codes for a few x rows (decode), in 16-bit codes through the GEMM for many."""
+def sparse_matmul(weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]], q8: bool, x: np.ndarray,
+                  outs: list[np.ndarray]) -> list[np.ndarray]:
+    """outs[w] = x @ W_w.T for 2:4 weights in the compact planes reading the same x (Q, K, V;
+    gate, up): weights [(values uint8 [rows, ...]: Q4 nibbles or Q8 int8 bytes, index uint8
+    [rows, n_cols / 8], scales uint16 [rows, n_cols / 32])], all of one value type; x float32
+    [n, n_cols]; outs float32 [n, rows_w]. As the dense weights: up to GROUP weights in one team
+    job, x in 8-bit codes for a few x rows (decode), in 16-bit codes through the GEMM for many."""
     n, n_cols = x.shape
     if n == 0:
-        return out
+        return outs
     kind = jobs.SPARSE if n <= MATVEC_MAX_ROWS else jobs.SPARSE_GEMM
-    gemm = kind == jobs.SPARSE_GEMM
+    scratch_kind = jobs.GEMM if kind == jobs.SPARSE_GEMM else jobs.MATVEC
     t = current_team()
-    with t.lock:
-        _fill_sparse(t.desc, kind, values.view(np.uint8), index, scales, q8, x, _F16, out,
-                     t.n_threads, t.scratch(_scratch_bytes(jobs.GEMM if gemm else jobs.MATVEC, n, n_cols)))
-        t.run()
-    return out
+    for i in range(0, len(weights), GROUP):
+        part = weights[i : i + GROUP]
+        pad = GROUP - len(part)
+        planes = [tuple(_readonly(w[k].view(_NO_PLANES[k].dtype)) for w in part) + (_NO_PLANES[k],) * pad
+                  for k in range(3)]
+        outs_part = tuple(outs[i : i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
+        with t.lock:
+            _fill_sparse(t.desc, kind, planes[0], planes[1], planes[2], q8, x, _F16, outs_part,
+                         t.n_threads, t.scratch(_scratch_bytes(scratch_kind, n, n_cols)))
+            t.run()
+    return outs
+
+
+_NO_PLANES = tuple(_readonly(np.empty((0, 1), dtype)) for dtype in (np.uint8, np.uint8, np.uint16))
 
 
 @njit(cache=True, nogil=True)
-def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, out, n_threads, scratch):
+def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads, scratch):
     n, n_cols = x.shape
     gemm = kind == jobs.SPARSE_GEMM
     _quantize_into_scratch(x, scratch, jobs.GEMM if gemm else jobs.MATVEC, desc)
-    rows = values.shape[0]
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS], desc[jobs.MV_F16] = n, n_cols, f16.ctypes.data
-    desc[jobs.SP_VALUES], desc[jobs.SP_VALUE_BYTES] = values.ctypes.data, values.shape[1]
-    desc[jobs.SP_INDEX], desc[jobs.SP_SCALES], desc[jobs.SP_ROWS] = index.ctypes.data, scales.ctypes.data, rows
-    desc[jobs.SP_Q8], desc[jobs.SP_OUT] = 1 if q8 else 0, out.ctypes.data
-    if gemm:
-        item_rows = GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
-    else:
-        bytes_per_row = values.shape[1] + index.shape[1] + 2 * scales.shape[1]
-        item_rows = max(-(-MIN_ITEM_BYTES // bytes_per_row), -(-rows // (ITEMS_PER_THREAD * n_threads)))
-    desc[jobs.SP_ITEM_ROWS] = item_rows
-    desc[jobs.N_ITEMS] = -(-rows // item_rows)
+    desc[jobs.MV_WEIGHTS], desc[jobs.SP_Q8] = len(values), 1 if q8 else 0
+    items = 0
+    for w in range(len(values)):
+        rows = values[w].shape[0]
+        if gemm:
+            item_rows = GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
+        else:
+            bytes_per_row = values[w].shape[1] + index[w].shape[1] + 2 * scales[w].shape[1]
+            item_rows = max(-(-MIN_ITEM_BYTES // bytes_per_row), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+        f = jobs.MV_W0 + jobs.MV_W_FIELDS * w
+        desc[f + jobs.W_DATA], desc[f + jobs.W_ROWS], desc[f + jobs.W_ROW_BYTES] = values[w].ctypes.data, rows, values[w].shape[1]
+        desc[f + jobs.SW_INDEX], desc[f + jobs.SW_SCALES] = index[w].ctypes.data, scales[w].ctypes.data
+        desc[f + jobs.W_OUT], desc[f + jobs.W_FIRST_ITEM], desc[f + jobs.W_ITEM_ROWS] = outs[w].ctypes.data, items, item_rows
+        items += -(-rows // item_rows)
+    desc[jobs.N_ITEMS] = items
 
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:

@@ -21,9 +21,9 @@ items are runs of rows that start at multiples of gemm.GROUP_ROWS.
 ATTEND, decode attention of a few queries over a KV cache (attend.py): one item per (query, KV
 head, chunk of attend.CHUNK cache slots), writing that chunk's partial softmax.
 
-SPARSE, out = x @ W.T for a few x rows and a 2:4 weight in the compact planes (sparse.py):
-items are runs of rows. SPARSE_GEMM, the same for many x rows in 16-bit integers: items are runs
-of rows that start at multiples of gemm.GROUP_ROWS.
+SPARSE, outs[w] = x @ W_w.T for a few x rows and up to GROUP 2:4 weights in the compact planes
+(sparse.py): items are runs of rows of one weight. SPARSE_GEMM, the same for many x rows in
+16-bit integers: items are runs of rows that start at multiples of gemm.GROUP_ROWS.
 
 GELU_MUL, out = gelu(g) * u over a prefill's FFN activations (gelu.py): items are runs of
 GELU_ITEM values.
@@ -51,11 +51,12 @@ W_DATA, W_ROWS, W_ROW_BYTES, W_TYPE, W_OUT, W_FIRST_ITEM, W_ITEM_ROWS = range(7)
 GROUP = 3
 DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
 
-# SPARSE and SPARSE_GEMM fields: x as for MATVEC / GEMM (MV_N, MV_COLS, MV_XQ, MV_XD, MV_XS32,
-# MV_XS16, MV_F16), then the weight's planes
-# (VALUES uint8/int8 [rows, VALUE_BYTES], INDEX uint8 [rows, n_cols / 8], SCALES uint16
-# [rows, n_cols / 32]), Q8 (1: int8 values), OUT float32 [n, rows], ITEM_ROWS.
-(SP_VALUES, SP_VALUE_BYTES, SP_INDEX, SP_SCALES, SP_ROWS, SP_Q8, SP_OUT, SP_ITEM_ROWS) = range(16, 24)
+# SPARSE and SPARSE_GEMM fields: as MATVEC / GEMM, up to GROUP weights, with SP_Q8 (1: int8
+# values) and per weight the planes in place of W_DATA and W_TYPE: VALUES (W_DATA) uint8
+# [rows, W_ROW_BYTES], INDEX (SW_INDEX) uint8 [rows, n_cols / 8], SCALES (SW_SCALES) uint16
+# [rows, n_cols / 32].
+SP_Q8 = 11
+SW_INDEX, SW_SCALES = W_TYPE, 7
 
 # ATTEND fields: q [n, n_head, hd] (C order); k, v: n_kv heads of [m, hd] / [m, hd_v] rows, each
 # head K_STRIDE / V_STRIDE floats after the previous; q_pos [n], k_pos [m] int64; SCALE: a
@@ -76,11 +77,17 @@ def _f32(addr, shape):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def weights_item(desc, item):
+def _weight_fields(desc, item):
+    """Where the fields of the weight that item belongs to start in desc."""
     w = 0
     while w + 1 < desc[MV_WEIGHTS] and item >= desc[MV_W0 + MV_W_FIELDS * (w + 1) + W_FIRST_ITEM]:
         w += 1
-    f = MV_W0 + MV_W_FIELDS * w
+    return MV_W0 + MV_W_FIELDS * w
+
+
+@njit(cache=True, nogil=True, inline="always")
+def weights_item(desc, item):
+    f = _weight_fields(desc, item)
     n, n_cols, rows = desc[MV_N], desc[MV_COLS], desc[f + W_ROWS]
     data = carray(address_as_pointer(desc[f + W_DATA], np.uint8), (rows, desc[f + W_ROW_BYTES]))
     x = _f32(desc[MV_X], (n, n_cols))
@@ -117,16 +124,17 @@ def attend_item(desc, item):
 
 @njit(cache=True, nogil=True, inline="always")
 def sparse_item(desc, item):
-    n, n_cols, rows = desc[MV_N], desc[MV_COLS], desc[SP_ROWS]
-    index = carray(address_as_pointer(desc[SP_INDEX], np.uint8), (rows, n_cols // 8))
-    scales = carray(address_as_pointer(desc[SP_SCALES], np.uint16), (rows, n_cols // 32))
+    f = _weight_fields(desc, item)
+    n, n_cols, rows = desc[MV_N], desc[MV_COLS], desc[f + W_ROWS]
+    values = carray(address_as_pointer(desc[f + W_DATA], np.uint8), (rows, desc[f + W_ROW_BYTES]))
+    index = carray(address_as_pointer(desc[f + SW_INDEX], np.uint8), (rows, n_cols // 8))
+    scales = carray(address_as_pointer(desc[f + SW_SCALES], np.uint16), (rows, n_cols // 32))
     xd = _f32(desc[MV_XD], (n, n_cols // 32))
     xs32, xs16 = _f32(desc[MV_XS32], (n, n_cols // 32)), _f32(desc[MV_XS16], (n, n_cols // 16))
-    f16, out = _f32(desc[MV_F16], (65536,)), _f32(desc[SP_OUT], (n, rows))
-    start = item * desc[SP_ITEM_ROWS]
-    stop = min(rows, start + desc[SP_ITEM_ROWS])
+    f16, out = _f32(desc[MV_F16], (65536,)), _f32(desc[f + W_OUT], (n, rows))
+    start = (item - desc[f + W_FIRST_ITEM]) * desc[f + W_ITEM_ROWS]
+    stop = min(rows, start + desc[f + W_ITEM_ROWS])
     q8 = desc[SP_Q8] == 1
-    values = carray(address_as_pointer(desc[SP_VALUES], np.uint8), (rows, desc[SP_VALUE_BYTES]))
     if desc[KIND] == SPARSE_GEMM:  # x in 16-bit codes
         xq16 = carray(address_as_pointer(desc[MV_XQ], np.int16), (n, n_cols))
         gemm_sparse_rows(values, index, scales, xq16, xd, xs32, xs16, f16, out, start, stop, q8)

@@ -57,6 +57,19 @@ def test_compact_matmul_equals_the_dense_kernels_on_the_twin(qtype, n):
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("n", [1, 20])
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0])
+def test_a_group_of_weights_is_one_job_with_each_weights_products(qtype, n):
+    """Q, K and V (or gate and up) of different heights through one team job (four weights: a
+    full job of three, then one) give what each twin gives through the dense kernels."""
+    twins = [pruned_twin(rows, 256, qtype) for rows in (64, 32, 96, 8)]
+    x = RNG.standard_normal((n, 256)).astype(np.float32)
+    got = sparse.matmul_group([sparse.from_twin(f"w{i}", t, qtype, 256) for i, t in enumerate(twins)], x)
+    for y, twin in zip(got, twins, strict=True):
+        want = matmul(x, twin, qtype, 256)
+        assert np.allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 # the explicit-vector rows run where the CPU has AVX-512 VBMI; the loop everywhere
 ROW_KERNELS = ["loop"] + (["vector"] if sparse_kernels.HAS_VBMI else [])
 
