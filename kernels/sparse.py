@@ -105,7 +105,7 @@ def _add_pair(e, q8, acc, scales, k, c):
 
 def _row_dot(e, q8, n_cols):
     """e's row . x: four pairs of blocks per step (their 8 scales converted at once, two
-    accumulators), then the last 0-3 pairs one at a time."""
+    accumulators), then the last 0-3 pairs two at a time and one."""
     b = e.b
     accs = [cgutils.alloca_once_value(b, e.const(F32, ILANES, 0.0)) for _ in range(2)]
     n_pairs = b.udiv(n_cols, ir.Constant(I64, 64))
@@ -122,8 +122,14 @@ def _row_dot(e, q8, n_cols):
         for k in range(PAIRS_PER_STEP):
             _add_pair(e, q8, accs[k % 2], scales, k, e.add(c, k))
     first = e.mul(n_steps, PAIRS_PER_STEP)
-    with cgutils.for_range(b, b.sub(n_pairs, first)) as loop:
-        c = b.add(first, loop.index)
+    left = b.sub(n_pairs, first)
+    with cgutils.for_range(b, b.udiv(left, ir.Constant(I64, 2))) as loop:  # two at a time, then one
+        c = b.add(first, e.mul(loop.index, 2))
+        scales = _block_scales(e, e.mul(c, 2), 4)
+        for k in range(2):
+            _add_pair(e, q8, accs[k], scales, k, e.add(c, k))
+    with b.if_then(b.icmp_unsigned("!=", b.urem(left, ir.Constant(I64, 2)), ir.Constant(I64, 0))):
+        c = b.sub(n_pairs, ir.Constant(I64, 1))
         _add_pair(e, q8, accs[0], _block_scales(e, e.mul(c, 2), 2), 0, c)
     return e.reduce(e.fadd(b.load(accs[0]), b.load(accs[1])))
 

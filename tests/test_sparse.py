@@ -76,14 +76,15 @@ ROW_KERNELS = ["loop"] + (["vector"] if sparse_kernels.HAS_VBMI else [])
 
 @pytest.mark.parametrize("kernel", ROW_KERNELS)
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0])
-def test_both_row_kernels_equal_the_dense_kernels(qtype, kernel):
+@pytest.mark.parametrize("n_cols", [512, 576, 640, 704])  # 8-11 pairs of blocks: 4-pair steps, then 0-3
+def test_both_row_kernels_equal_the_dense_kernels(qtype, kernel, n_cols):
     import numba
 
     from edgellm.kernels.matvec import f16_table, quantize_x
 
-    twin = pruned_twin(70, 640, qtype)
-    w = sparse.from_twin("w", twin, qtype, 640)
-    x = RNG.standard_normal((2, 640)).astype(np.float32)
+    twin = pruned_twin(70, n_cols, qtype)
+    w = sparse.from_twin("w", twin, qtype, n_cols)
+    x = RNG.standard_normal((2, n_cols)).astype(np.float32)
     xq, xd = quantize_x(x)[:2]
     got = np.empty((2, 70), np.float32)
     q8 = qtype == Q.Q8_0
@@ -93,7 +94,7 @@ def test_both_row_kernels_equal_the_dense_kernels(qtype, kernel):
         rows = sparse_kernels.sparse_rows_q8 if q8 else sparse_kernels.sparse_rows_q4
         call = numba.njit(lambda v, i, s, xq, xd, f16, out: rows(v, i, s, xq, xd, f16, out, 0, out.shape[1]))
         call(w.values, w.index, w.scales, xq, xd, f16_table(), got)
-    want = matmul(x, twin, qtype, 640)
+    want = matmul(x, twin, qtype, n_cols)
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
