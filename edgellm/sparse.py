@@ -33,7 +33,7 @@ from gguf import GGMLQuantizationType as Q
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
 from edgellm.kernels import sparse as kernels
-from edgellm.kernels.dispatch import sparse_matmul
+from edgellm.kernels.dispatch import SparseWeightGroup
 
 PREFIX = "edgellm.sparsity."
 VALUE_TYPES = {"q4_0": Q.Q4_0, "q8_0": Q.Q8_0}
@@ -69,8 +69,9 @@ class SparseWeight:
         return self.values.nbytes + self.index.nbytes + self.scales.nbytes
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x float32 [n, n_cols] -> x @ W.T, float32 [n, rows] (the kernels' sparse_matmul)."""
-        return matmul_group([self], x)[0]
+        """x float32 [n, n_cols] -> x @ W.T, float32 [n, rows] (a group of one; the models keep
+        their groups, laid out once)."""
+        return SparseGroup([self]).matmul(x)[0]
 
     def dequantize_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Rows [start, start + len(out)) as float32, zeros in place: the twin's values exactly."""
@@ -81,18 +82,23 @@ class SparseWeight:
         return self.dequantize_into(0, np.empty(self.shape, np.float32))
 
 
-def matmul_group(weights: list[SparseWeight], x: np.ndarray) -> list[np.ndarray]:
-    """[x @ W.T for W in weights] for weights of one value type and width reading the same x
-    float32 [n, n_cols] (Q, K, V; gate, up): one team job for all their rows, as the dense
-    weights are multiplied together."""
-    n_cols, value_type = weights[0].n_cols, weights[0].value_type
-    if any(w.n_cols != n_cols or w.value_type != value_type for w in weights):
-        raise ValueError("matmul_group: the weights must have one width and value type")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != n_cols:
-        raise ValueError(f"x must be [n, {n_cols}], got {x.shape}")
-    outs = [np.empty((x.shape[0], w.shape[0]), np.float32) for w in weights]
-    return sparse_matmul([(w.values, w.index, w.scales) for w in weights], value_type == Q.Q8_0, x, outs)
+class SparseGroup:
+    """Pruned weights of one value type and width that read the same x (Q, K, V; gate, up):
+    `matmul(x)` -> [x @ W.T for each W], one team job for all their rows, as dense weights are
+    multiplied together (kernels.dispatch.SparseWeightGroup, laid out once here)."""
+
+    def __init__(self, weights: list[SparseWeight]):
+        self.n_cols, value_type = weights[0].n_cols, weights[0].value_type
+        if any(w.n_cols != self.n_cols or w.value_type != value_type for w in weights):
+            raise ValueError("SparseGroup: the weights must have one width and value type")
+        self.rows = [w.shape[0] for w in weights]
+        self.kernels = SparseWeightGroup([(w.values, w.index, w.scales) for w in weights], value_type == Q.Q8_0)
+
+    def matmul(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_cols:
+            raise ValueError(f"x must be [n, {self.n_cols}], got {x.shape}")
+        return self.kernels.matmul(x, [np.empty((x.shape[0], rows), np.float32) for rows in self.rows])
 
 
 def read_metadata(gguf: GGUFFile) -> dict | None:

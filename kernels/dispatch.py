@@ -12,7 +12,7 @@ live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (dec
                     a few x rows (decode) are one jobs.MATVEC, x quantized to 8 bits; many
                     (prefill) one jobs.GEMM, x quantized to 16 bits; float weights in prefill
                     go through dequantized tiles and single-threaded BLAS on a pool of threads
-    sparse_matmul   the same for 2:4 weights' compact planes (jobs.SPARSE / SPARSE_GEMM)
+    SparseWeightGroup  the same for 2:4 weights' compact planes (jobs.SPARSE / SPARSE_GEMM)
 
 Jobs run on the team of set_num_threads() threads (team.py): a fill function (numba) writes the
 descriptor and the quantized x into the team's scratch, Team.run() runs it.
@@ -357,6 +357,15 @@ def _quantize_into_scratch(x, scratch, kind, desc):
     desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _item_rows(gemm, rows, row_bytes, n_threads):
+    """Rows per work item of a weight: for the GEMM whole panels, several per item if there are
+    many; for a mat-vec at least MIN_ITEM_BYTES of weights, ITEMS_PER_THREAD items a thread."""
+    if gemm:
+        return GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
+    return max(-(-MIN_ITEM_BYTES // max(row_bytes, 1)), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+
+
 @njit(cache=True, nogil=True)
 def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
     """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
@@ -371,10 +380,7 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
     for w in range(len(weights)):
         data = weights[w]
         rows, row_bytes = data.shape
-        if kind == jobs.GEMM:  # whole panels of rows; several per item if there are many
-            item_rows = GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
-        else:
-            item_rows = max(-(-MIN_ITEM_BYTES // max(row_bytes, 1)), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+        item_rows = _item_rows(kind == jobs.GEMM, rows, row_bytes, n_threads)
         f = jobs.MV_W0 + jobs.MV_W_FIELDS * w
         desc[f + jobs.W_DATA], desc[f + jobs.W_ROWS], desc[f + jobs.W_ROW_BYTES] = data.ctypes.data, rows, row_bytes
         desc[f + jobs.W_TYPE], desc[f + jobs.W_OUT] = types[w], outs[w].ctypes.data
@@ -383,30 +389,41 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
     desc[jobs.N_ITEMS] = items
 
 
-def sparse_matmul(weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]], q8: bool, x: np.ndarray,
-                  outs: list[np.ndarray]) -> list[np.ndarray]:
-    """outs[w] = x @ W_w.T for 2:4 weights in the compact planes reading the same x (Q, K, V;
-    gate, up): weights [(values uint8 [rows, ...]: Q4 nibbles or Q8 int8 bytes, index uint8
-    [rows, n_cols / 8], scales uint16 [rows, n_cols / 32])], all of one value type; x float32
-    [n, n_cols]; outs float32 [n, rows_w]. As the dense weights: up to GROUP weights in one team
-    job, x in 8-bit codes for a few x rows (decode), in 16-bit codes through the GEMM for many."""
-    n, n_cols = x.shape
-    if n == 0:
+class SparseWeightGroup:
+    """2:4 weights in the compact planes multiplied by the same x (Q, K, V; gate, up), laid out
+    for the kernels once, as WeightGroup does for dense ones: weights [(values uint8 [rows, ...]:
+    Q4 nibbles or Q8 int8 bytes, index uint8 [rows, n_cols / 8], scales uint16 [rows, n_cols /
+    32])], all of one value type (q8: int8 values). `matmul(x, outs)`: outs[w] = x @ W_w.T, up to
+    GROUP weights in one team job, x in 8-bit codes for a few x rows (decode), in 16-bit codes
+    through the GEMM for many."""
+
+    def __init__(self, weights: list[tuple[np.ndarray, np.ndarray, np.ndarray]], q8: bool):
+        self.q8 = q8
+        self.parts = []
+        for i in range(0, len(weights), GROUP):
+            part = weights[i : i + GROUP]
+            pad = GROUP - len(part)
+            planes = tuple(tuple(_readonly(w[k].view(_NO_PLANES[k].dtype)) for w in part) + (_NO_PLANES[k],) * pad
+                           for k in range(3))
+            self.parts.append((planes, len(part), pad))
+
+    def matmul(self, x: np.ndarray, outs: list[np.ndarray]) -> list[np.ndarray]:
+        """x float32 [n, n_cols] (C order); outs float32 [n, rows_w] to write into."""
+        n, n_cols = x.shape
+        if n == 0:
+            return outs
+        kind = jobs.SPARSE if n <= MATVEC_MAX_ROWS else jobs.SPARSE_GEMM
+        scratch_kind = jobs.GEMM if kind == jobs.SPARSE_GEMM else jobs.MATVEC
+        t = current_team()
+        done = 0
+        for (values, index, scales), used, pad in self.parts:
+            outs_part = tuple(outs[done : done + used]) + (np.empty((n, 0), np.float32),) * pad
+            done += used
+            with t.lock:
+                _fill_sparse(t.desc, kind, values, index, scales, self.q8, x, _F16, outs_part,
+                             t.n_threads, t.scratch(_scratch_bytes(scratch_kind, n, n_cols)))
+                t.run()
         return outs
-    kind = jobs.SPARSE if n <= MATVEC_MAX_ROWS else jobs.SPARSE_GEMM
-    scratch_kind = jobs.GEMM if kind == jobs.SPARSE_GEMM else jobs.MATVEC
-    t = current_team()
-    for i in range(0, len(weights), GROUP):
-        part = weights[i : i + GROUP]
-        pad = GROUP - len(part)
-        planes = [tuple(_readonly(w[k].view(_NO_PLANES[k].dtype)) for w in part) + (_NO_PLANES[k],) * pad
-                  for k in range(3)]
-        outs_part = tuple(outs[i : i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
-        with t.lock:
-            _fill_sparse(t.desc, kind, planes[0], planes[1], planes[2], q8, x, _F16, outs_part,
-                         t.n_threads, t.scratch(_scratch_bytes(scratch_kind, n, n_cols)))
-            t.run()
-    return outs
 
 
 _NO_PLANES = tuple(_readonly(np.empty((0, 1), dtype)) for dtype in (np.uint8, np.uint8, np.uint16))
@@ -423,11 +440,7 @@ def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads,
     items = 0
     for w in range(len(values)):
         rows = values[w].shape[0]
-        if gemm:
-            item_rows = GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
-        else:
-            bytes_per_row = values[w].shape[1] + index[w].shape[1] + 2 * scales[w].shape[1]
-            item_rows = max(-(-MIN_ITEM_BYTES // bytes_per_row), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+        item_rows = _item_rows(gemm, rows, values[w].shape[1] + index[w].shape[1] + 2 * scales[w].shape[1], n_threads)
         f = jobs.MV_W0 + jobs.MV_W_FIELDS * w
         desc[f + jobs.W_DATA], desc[f + jobs.W_ROWS], desc[f + jobs.W_ROW_BYTES] = values[w].ctypes.data, rows, values[w].shape[1]
         desc[f + jobs.SW_INDEX], desc[f + jobs.SW_SCALES] = index[w].ctypes.data, scales[w].ctypes.data

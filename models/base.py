@@ -15,8 +15,7 @@ import numpy as np
 from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
 from edgellm.kernels import Weight, WeightGroup, get_rows
 from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_inv_freq, rope_tables_for
-from edgellm.sparse import SparseWeight, sparse_weights
-from edgellm.sparse import matmul_group as sparse_matmul_group
+from edgellm.sparse import SparseGroup, SparseWeight, sparse_weights
 
 
 @dataclass
@@ -188,14 +187,14 @@ class LinearGroup:
         dense = all(layer.sparse is None for layer in self.linears)
         self.weights = WeightGroup([layer.weight for layer in self.linears]) if dense else None
         sparse = [layer.sparse for layer in self.linears]  # calibration's wrappers are not SparseWeights
-        self.sparse = sparse if all(isinstance(w, SparseWeight) for w in sparse) and len(
+        self.sparse = SparseGroup(sparse) if all(isinstance(w, SparseWeight) for w in sparse) and len(
             {(w.value_type, w.n_cols) for w in sparse}) == 1 else None
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         if self.weights is not None:
             ys = self.weights.matmul(x)
         elif self.sparse is not None:  # 2:4 weights: one job too (edgellm/sparse.py)
-            ys = sparse_matmul_group(self.sparse, x)
+            ys = self.sparse.matmul(x)
         else:
             ys = [layer.sparse.matmul(x) if layer.sparse is not None else layer.alone(x)[0]
                   for layer in self.linears]

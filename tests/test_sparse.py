@@ -64,7 +64,7 @@ def test_a_group_of_weights_is_one_job_with_each_weights_products(qtype, n):
     full job of three, then one) give what each twin gives through the dense kernels."""
     twins = [pruned_twin(rows, 256, qtype) for rows in (64, 32, 96, 8)]
     x = RNG.standard_normal((n, 256)).astype(np.float32)
-    got = sparse.matmul_group([sparse.from_twin(f"w{i}", t, qtype, 256) for i, t in enumerate(twins)], x)
+    got = sparse.SparseGroup([sparse.from_twin(f"w{i}", t, qtype, 256) for i, t in enumerate(twins)]).matmul(x)
     for y, twin in zip(got, twins, strict=True):
         want = matmul(x, twin, qtype, 256)
         assert np.allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
