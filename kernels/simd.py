@@ -163,6 +163,7 @@ _FEATURES = llvm.get_host_cpu_features()
 _X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
 VNNI_512 = _X86 and bool(_FEATURES.get("avx512vnni"))
 VNNI = VNNI_512 and bool(_FEATURES.get("avx512vl")) or _X86 and bool(_FEATURES.get("avxvnni"))  # 256-bit forms
+AVX2 = _X86 and bool(_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
 
 
 def declare(module, name, ret, args):
@@ -197,30 +198,60 @@ def outlined(tag, codegen):
 
 def idot(e, u, q, acc=None):
     """<8 x i32>: acc + (lane i = sum over j < 4 of u[4i + j] * q[4i + j]), for u <32 x i8>
-    unsigned codes and q <32 x i8> signed (|q| <= 127): exact, no overflow."""
+    unsigned codes and q <32 x i8> signed (|q| <= 127): exact, no overflow. Without VNNI, u
+    must stay below 129 (AVX2's vpmaddubsw sums two products in int16); Q8_0 takes
+    idot_signed instead."""
     b = e.b
     acc = acc if acc is not None else e.const(I32, 8, 0)
     if VNNI:
         v8 = vec(I32, 8)
         fn = declare(b.module, "llvm.x86.avx512.vpdpbusd.256", v8, [v8, v8, v8])
         return b.call(fn, [acc, b.bitcast(u, v8), b.bitcast(q, v8)])
-    # Elsewhere plain integer vector math, which LLVM lowers to widening multiply-adds (AVX2:
-    # vpmaddwd on 16-bit lanes, exact; pmaddubsw would saturate at Q8_0's codes up to 255).
+    if AVX2:  # vpmaddubsw: 16 int16 sums of 2 products; vpmaddwd by ones: 8 int32 sums of 4
+        v32, v16 = vec(I8, 32), vec(I16, 16)
+        pairs = b.call(declare(b.module, "llvm.x86.avx2.pmadd.ub.sw", v16, [v32, v32]), [u, q])
+        return b.add(acc, _sum_pairs(e, pairs))
+    # Elsewhere plain integer vector math, which LLVM lowers to widening multiply-adds.
     prod = b.mul(b.zext(u, vec(I32, 32)), b.sext(q, vec(I32, 32)))
     parts = [b.shuffle_vector(prod, prod, e.const(I32, 8, list(range(j, 32, 4)))) for j in range(4)]
     return b.add(acc, b.add(b.add(parts[0], parts[1]), b.add(parts[2], parts[3])))
 
 
+def idot_signed(e, w, q, acc=None):
+    """idot for signed codes w <32 x i8> (-128..127): on AVX2 |w| against q with w's sign (both
+    within vpmaddubsw's range), elsewhere idot of w + 128 minus 128 * q."""
+    b = e.b
+    if AVX2 and not VNNI:
+        v32 = vec(I8, 32)
+        sign = b.call(declare(b.module, "llvm.x86.avx2.psign.b", v32, [v32, v32]), [q, w])
+        magnitude = b.call(declare(b.module, "llvm.abs.v32i8", v32, [v32, ir.IntType(1)]),
+                           [w, ir.Constant(ir.IntType(1), 0)])
+        return idot(e, magnitude, sign, acc)
+    flip = e.const(I8, 32, -128)
+    return b.sub(idot(e, b.xor(w, flip), q, acc), idot(e, flip, q))
+
+
+def _sum_pairs(e, pairs):
+    """<8 x i32> from <16 x i16>: lane i = pairs[2i] + pairs[2i + 1] (vpmaddwd by ones)."""
+    v16, v8 = vec(I16, 16), vec(I32, 8)
+    fn = declare(e.b.module, "llvm.x86.avx2.pmadd.wd", v8, [v16, v16])
+    return e.b.call(fn, [pairs, e.const(I16, 16, 1)])
+
+
 def idot16(e, a, b, acc):
     """<n x i32>: acc + (lane i = a[2i] * b[2i] + a[2i + 1] * b[2i + 1]) for a, b <n x i32>
-    (n = 8 or 16) holding pairs of signed 16-bit values (VNNI: vpdpwssd; elsewhere what LLVM
-    makes of a widening multiply-add, pmaddwd on x86)."""
+    (n = 8 or 16) holding pairs of signed 16-bit values (VNNI: vpdpwssd; AVX2: vpmaddwd;
+    elsewhere what LLVM makes of a widening multiply-add)."""
     bld = e.b
     n = a.type.count
     vn = vec(I32, n)
     if VNNI_512 if n == 16 else VNNI:
         fn = declare(bld.module, f"llvm.x86.avx512.vpdpwssd.{32 * n}", vn, [vn, vn, vn])
         return bld.call(fn, [acc, a, b])
+    if AVX2 and n == 8:
+        v16 = vec(I16, 16)
+        fn = declare(bld.module, "llvm.x86.avx2.pmadd.wd", vn, [v16, v16])
+        return bld.add(acc, bld.call(fn, [bld.bitcast(a, v16), bld.bitcast(b, v16)]))
     wide = [bld.sext(bld.bitcast(v, vec(I16, 2 * n)), vec(I32, 2 * n)) for v in (a, b)]
     prod = bld.mul(wide[0], wide[1])
     even = bld.shuffle_vector(prod, prod, e.const(I32, n, list(range(0, 2 * n, 2))))
@@ -237,12 +268,15 @@ class Sub:
 
     u: <32 x i8> unsigned codes; scale, off: float. Q6_K scales each 16 on its own: scale_hi
     and off_hi (not None) are those of values 16-31, and off then goes with the sum of x over
-    values 0-15 only."""
+    values 0-15 only. w (Q8_0): the signed codes u - 128, value j = scale * w[j], which the
+    decode dot takes instead of u and off where the CPU has no unsigned x signed byte dot that
+    fits u (idot_signed)."""
     u: ir.Value
     scale: ir.Value
     off: ir.Value | None = None
     scale_hi: ir.Value | None = None
     off_hi: ir.Value | None = None
+    w: ir.Value | None = None
 
 
 def _nibbles(e, q):
@@ -263,9 +297,9 @@ def _fifth_bits(e, qh):
 
 
 def _q8_0(e, base):  # 34 bytes: d f16 | w i8[32]; u = w + 128 (the sign bit flipped)
-    u = e.b.xor(e.bytes_at(base, 2, 32), e.const(I8, 32, -128))
+    w = e.bytes_at(base, 2, 32)
     d = e.half_at(base, 0)
-    return [Sub(u, d, e.fmul(d, ir.Constant(F32, -128.0)))]
+    return [Sub(e.b.xor(w, e.const(I8, 32, -128)), d, e.fmul(d, ir.Constant(F32, -128.0)), w=w)]
 
 
 def _legacy(qs_at, qh_at=None, m_at=None, zero=0.0):
@@ -401,9 +435,13 @@ def _dot_quant(e, qt: QuantType, n_cols):
         for i, sub in enumerate(subs):
             slot = (first_slot + i) % 2
             v = e.add(e.mul(b, len(subs)), i)  # this Sub's index among the row's 32s
-            lanes = e.to_float(idot(e, sub.u, _xq(e, e.mul(v, 32))))
+            signed = sub.w is not None and not VNNI
+            xq = _xq(e, e.mul(v, 32))
+            lanes = e.to_float(idot_signed(e, sub.w, xq) if signed else idot(e, sub.u, xq))
             scales = lane_scales(e, sub, e.scalar(e.xd, v))
             builder.store(e.fma(scales, lanes, builder.load(accs[slot])), accs[slot])
+            if signed:
+                continue  # w = u - 128: no offset term
             off = builder.load(offs[slot])
             if sub.off_hi is not None:
                 off = e.fma(sub.off, e.scalar(e.xs16, e.mul(v, 2)), off)
