@@ -21,7 +21,8 @@ so both give the same products up to float rounding.
                           jobs.SPARSE): explicit vector code where the CPU has AVX-512 VBMI, per
                           pair of blocks one multishift spreads the 64 position bits into bytes,
                           one vpermb picks the 32 kept x codes out of the pair's 64, and
-                          vpdpbusd multiplies them by the kept values
+                          vpdpbusd multiplies them by the kept values; with AVX2 alone, vpsrlvd
+                          and vpshufb do the same within 16-byte halves (_pair_lanes_avx2)
     rows_loop             the same as a plain numba loop, for every other CPU
     gemm_sparse_rows      prefill (jobs.SPARSE_GEMM): unpack_sparse puts a panel's rows back into
                           dense codes with the zero code in the pruned places (constant shuffles
@@ -42,10 +43,11 @@ from numba.extending import intrinsic
 
 from .floats import half_to_float
 from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
-from .simd import F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, outlined, vec
+from .simd import AVX2, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined, vec
 
 _FEATURES = llvm.get_host_cpu_features()
 HAS_VBMI = bool(_FEATURES.get("avx512vbmi") and _FEATURES.get("avx512vl"))
+VECTOR_KERNEL = HAS_VBMI or AVX2  # sparse_rows_q4/_q8 run here (else rows_loop)
 
 I16 = ir.IntType(16)
 SPARSE_ARGS = ("values", "index", "scales", "xq", "xd", "f16", "out", "start", "stop")
@@ -87,6 +89,66 @@ def _pair_lanes(e, q8, c):
     return e.to_float(dots)
 
 
+# AVX2 has byte shuffles only within 16-byte halves (vpshufb) and no per-byte shifts, so a pair
+# takes its own slot order: half h of the 32 slots holds entries 8h..8h+7 of both blocks, int32
+# lane j of the half 4 entries of block 2c + j % 2 (lanes alternate blocks, as with VBMI): with
+# m = 2 (j // 2), entries m, m + 4, m + 1, m + 5 (+ 8h). That order is what shifts give: the
+# lane's two index bytes (entries 8h..8h+7 of its block) twice, shifted by 2m and by 2m + 2,
+# have entries m, m + 4 in the low bits of bytes 0, 1 of the first and m + 1, m + 5 in bytes
+# 2, 3 of the second, and one 16-bit blend joins them.
+_AVX2_SLOT_BLOCK = [(t // 4) % 2 for t in range(32)]
+_AVX2_SLOT_ENTRY = [8 * (t // 16) + 2 * ((t % 16) // 8) + [0, 4, 1, 5][t % 4] for t in range(32)]
+_AVX2_WORD_BYTES = [4 * blk + 2 * (t // 16) + t % 2 for t, blk in enumerate(_AVX2_SLOT_BLOCK)]
+_AVX2_SHIFTS = [4 * ((j % 4) // 2) for j in range(8)]  # per lane: 2m (+ 2 for its second half)
+_AVX2_SLOT_BASE = [4 * ((k % 8) // 2) for k in _AVX2_SLOT_ENTRY]  # group's first column in the half
+_AVX2_SLOT_VALUE = [k for k in _AVX2_SLOT_ENTRY]  # byte of a block's 16 values (Q8), of a pair's (Q4)
+_AVX2_Q4_SHIFTS = [4 * ((j % 4) % 2) for j in range(8)]  # block 2c + 1's values: the high nibbles
+_AVX2_BLOCK1_LANES = [j % 2 for j in range(8)]
+
+
+def _pshufb(e, table, idx):
+    v32 = vec(I8, 32)
+    return e.b.call(declare(e.b.module, "llvm.x86.avx2.pshuf.b", v32, [v32, v32]), [table, idx])
+
+
+def _bytes_twice(e, ptr):
+    """<32 x i8>: the 16 bytes at ptr in both halves."""
+    b = e.b
+    raw = b.load(b.bitcast(ptr, vec(I8, 16).as_pointer()), align=1)
+    return b.shuffle_vector(raw, raw, e.const(I32, 32, list(range(16)) * 2))
+
+
+def _pair_lanes_avx2(e, q8, c):
+    """_pair_lanes for AVX2 (its own slot order, the same lanes)."""
+    b = e.b
+    v32, v8, v16 = vec(I8, 32), vec(I32, 8), vec(I16, 16)
+    words = b.load(b.bitcast(e.gep(e.index, e.mul(c, 8)), I64.as_pointer()), align=1)
+    twice = b.bitcast(_pshufb(e, b.bitcast(e.splat(words, 4), v32), e.const(I8, 32, _AVX2_WORD_BYTES)), v8)
+    first = b.bitcast(b.lshr(twice, e.const(I32, 8, _AVX2_SHIFTS)), v16)
+    second = b.bitcast(b.lshr(twice, e.const(I32, 8, [s + 2 for s in _AVX2_SHIFTS])), v16)
+    joined = b.bitcast(b.shuffle_vector(first, second, e.const(I32, 16, [i + 16 * (i % 2) for i in range(16)])), v32)
+    cols = b.or_(b.and_(joined, e.const(I8, 32, 3)), e.const(I8, 32, _AVX2_SLOT_BASE))
+    block1 = b.icmp_unsigned("!=", e.const(I32, 8, _AVX2_BLOCK1_LANES), e.const(I32, 8, 0))
+
+    def blocks_picked(x0, x1, idx):  # lanes of block 2c from x0, of 2c + 1 from x1
+        picked = [b.bitcast(_pshufb(e, x, idx), v8) for x in (x0, x1)]
+        return b.bitcast(b.select(block1, picked[1], picked[0]), v32)
+
+    x = [b.load(b.bitcast(e.gep(e.xq, b.add(e.mul(c, 64), ir.Constant(I64, 32 * k))), v32.as_pointer()), align=1)
+         for k in range(2)]
+    xs = blocks_picked(x[0], x[1], cols)
+    slot_value = e.const(I8, 32, _AVX2_SLOT_VALUE)
+    if q8:
+        base = e.mul(c, 32)
+        w = blocks_picked(_bytes_twice(e, e.gep(e.values, base)), _bytes_twice(e, e.gep(e.values, e.add(base, 16))),
+                          slot_value)
+    else:  # nibbles v, values v - 8
+        both = b.bitcast(_pshufb(e, _bytes_twice(e, e.gep(e.values, e.mul(c, 16))), slot_value), v8)
+        v = b.and_(b.bitcast(b.lshr(both, e.const(I32, 8, _AVX2_Q4_SHIFTS)), v32), e.const(I8, 32, 15))
+        w = b.sub(v, e.const(I8, 32, 8))
+    return e.to_float(idot_signed(e, w, xs))
+
+
 def _block_scales(e, first, n):
     """<n x float>: d * xd of blocks first..first + n - 1 (d: f16, converted by the CPU)."""
     b = e.b
@@ -99,8 +161,9 @@ def _block_scales(e, first, n):
 def _add_pair(e, q8, acc, scales, k, c):
     """acc += pair c's lanes times its scales, entries 2k and 2k + 1 of scales (one vpermpd)."""
     b = e.b
+    lanes = _pair_lanes(e, q8, c) if HAS_VBMI else _pair_lanes_avx2(e, q8, c)
     spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [2 * k, 2 * k + 1] * (ILANES // 2)))
-    b.store(e.fma(spread, _pair_lanes(e, q8, c), b.load(acc)), acc)
+    b.store(e.fma(spread, lanes, b.load(acc)), acc)
 
 
 def _row_dot(e, q8, n_cols):
@@ -201,7 +264,7 @@ def rows_loop(values, index, scales, xq, xd, out, start, stop, q8):
 @njit(cache=True, nogil=True, inline="always")
 def sparse_rows(values, index, scales, xq, xd, f16, out, start, stop, q8):
     """A jobs.SPARSE work item: the vector rows where the CPU runs them, else the loop."""
-    if HAS_VBMI:
+    if VECTOR_KERNEL:
         if q8:
             sparse_rows_q8(values, index, scales, xq, xd, f16, out, start, stop)
         else:
