@@ -9,8 +9,10 @@ Quantized rows meet x quantized to 8 bits, once per mat-vec (matvec.quantize_x),
 does: xq int8 [n_cols] and xd float32 [n_cols / 32], one scale per 32 values (x ~ xq * xd), and
 xs32 / xs16, the sums of xq * xd over each 32 / 16 values. Per 32 weights, the block's unsigned
 integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the integer unit: 8
-int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; elsewhere plain vector
-integer math, which LLVM widens to multiply-adds). The lanes become floats once per block and
+int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then
+vpmaddwd by ones, and Q8_0's signed codes against x with their signs, since w + 128 would
+overflow vpmaddubsw's int16 sums; elsewhere plain vector integer math for LLVM to lower: on
+x86 that lowering took 4-5x the instructions of the AVX2 path). The lanes become floats once per block and
 are scaled by d_w * xd into a float accumulator. A block's offset or minimum never touches the
 lanes:
 
@@ -29,6 +31,7 @@ float32 [65536] table of every f16 bit pattern (one load per scale, no conversio
 from __future__ import annotations
 
 import copy
+import os
 import zlib
 from dataclasses import dataclass
 
@@ -159,11 +162,13 @@ LANES = 32  # float rows: a 32-lane float accumulator (2 AVX-512 / 4 AVX2 / 8 NE
 # prefetcher alone a 178 MB Q8_0 mat-vec read 5.1-5.4 GB/s, with this 7.9-8.5 (Q5_0: 4.0 -> 4.9).
 PREFETCH_BYTES = 4096
 
-_FEATURES = llvm.get_host_cpu_features()
+CPU_FEATURES = dict(llvm.get_host_cpu_features())
+if os.environ.get("EDGELLM_NO_AVX512"):  # the AVX2 paths on an AVX-512 CPU (tests; a cache folder of its own)
+    CPU_FEATURES = {k: v and not k.startswith("avx512") and k != "avxvnni" for k, v in CPU_FEATURES.items()}
 _X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
-VNNI_512 = _X86 and bool(_FEATURES.get("avx512vnni"))
-VNNI = VNNI_512 and bool(_FEATURES.get("avx512vl")) or _X86 and bool(_FEATURES.get("avxvnni"))  # 256-bit forms
-AVX2 = _X86 and bool(_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
+VNNI_512 = _X86 and bool(CPU_FEATURES.get("avx512vnni"))
+VNNI = VNNI_512 and bool(CPU_FEATURES.get("avx512vl")) or _X86 and bool(CPU_FEATURES.get("avxvnni"))  # 256-bit forms
+AVX2 = _X86 and bool(CPU_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
 
 
 def declare(module, name, ret, args):

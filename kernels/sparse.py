@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -43,10 +42,9 @@ from numba.extending import intrinsic
 
 from .floats import half_to_float
 from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
-from .simd import AVX2, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined, vec
+from .simd import AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined, vec
 
-_FEATURES = llvm.get_host_cpu_features()
-HAS_VBMI = bool(_FEATURES.get("avx512vbmi") and _FEATURES.get("avx512vl"))
+HAS_VBMI = bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
 VECTOR_KERNEL = HAS_VBMI or AVX2  # sparse_rows_q4/_q8 run here (else rows_loop)
 
 I16 = ir.IntType(16)
