@@ -363,6 +363,36 @@ def _k4(qs_at, qh_at=None):
     return subs
 
 
+def _k4_fields(e, base):
+    """Q4_K / Q5_K: (scales, offsets) <8 x float> of the block's 8 sub-blocks, d * sc_s and
+    -dmin * m_s, from the 12 packed bytes at 4 in one pass of vector integer code (the decode
+    dot's, where _scale_min_k4 per sub-block was ~12 scalar instructions each)."""
+    b = e.b
+    v8 = vec(I32, 8)
+    raw = b.zext(e.bytes_at(base, 4, 16), vec(I32, 16))  # the 12 scale bytes (+ 4 of qs)
+
+    def pick(idx):
+        return b.shuffle_vector(raw, raw, e.const(I32, 8, idx))
+
+    low = b.icmp_unsigned("<", e.const(I32, 8, list(range(8))), e.const(I32, 8, 4))
+    c63, c15, c4, c6 = (e.const(I32, 8, k) for k in (63, 15, 4, 6))
+    p_sc, q_sc = pick([0, 1, 2, 3, 8, 9, 10, 11]), pick([0, 1, 2, 3, 0, 1, 2, 3])
+    p_m, q_m = pick([4, 5, 6, 7, 8, 9, 10, 11]), pick([4, 5, 6, 7, 4, 5, 6, 7])
+    sc = b.select(low, b.and_(p_sc, c63), b.or_(b.and_(p_sc, c15), b.shl(b.lshr(q_sc, c6), c4)))
+    m = b.select(low, b.and_(p_m, c63), b.or_(b.lshr(p_m, c4), b.shl(b.lshr(q_m, c6), c4)))
+    d, dmin = e.half_at(base, 0), e.half_at(base, 2)
+    to_f = lambda ints: b.sitofp(ints, vec(F32, 8))  # noqa: E731
+    return e.fmul(e.splat(d, 8), to_f(sc)), e.fmul(e.splat(b.fneg(dmin), 8), to_f(m))
+
+
+def _q6_k_fields(e, base):
+    """Q6_K: (scales, offsets) <16 x float> of the block's 16 sub-blocks of 16 values, d * sc
+    and -32 d * sc (sc the int8 scales at 192)."""
+    b = e.b
+    scales = e.fmul(e.splat(e.half_at(base, 208), 16), b.sitofp(e.bytes_at(base, 192, 16), vec(F32, 16)))
+    return scales, e.fmul(scales, e.const(F32, 16, -32.0))
+
+
 def _q6_k(e, base):
     """210 bytes: ql u8[128] | qh u8[64] | scales i8[16] | d f16; x = d * sc * (u - 32) over 16
     sub-blocks of 16. In half h, value l + 32g (l < 32) takes nibble g // 2 of ql[64h + 32(g % 2)
@@ -393,6 +423,8 @@ class QuantType:
     block_bytes: int
     subs: object
     halves: bool = False
+    fields: object = None  # fields(e, base): every Sub's scale and offset as two float vectors
+    # (one per 32 values, or per 16 with halves) for the decode dot, instead of scalars
 
 
 QUANT_TYPES = {
@@ -401,9 +433,9 @@ QUANT_TYPES = {
     "q4_1": QuantType("q4_1", 32, 20, _legacy(qs_at=4, m_at=2)),
     "q5_0": QuantType("q5_0", 32, 22, _legacy(qs_at=6, qh_at=2, zero=16.0)),
     "q5_1": QuantType("q5_1", 32, 24, _legacy(qs_at=8, qh_at=4, m_at=2)),
-    "q4_k": QuantType("q4_k", 256, 144, _k4(qs_at=16)),
-    "q5_k": QuantType("q5_k", 256, 176, _k4(qs_at=48, qh_at=16)),
-    "q6_k": QuantType("q6_k", 256, 210, _q6_k, halves=True),
+    "q4_k": QuantType("q4_k", 256, 144, _k4(qs_at=16), fields=_k4_fields),
+    "q5_k": QuantType("q5_k", 256, 176, _k4(qs_at=48, qh_at=16), fields=_k4_fields),
+    "q6_k": QuantType("q6_k", 256, 210, _q6_k, halves=True, fields=_q6_k_fields),
 }
 
 
@@ -434,9 +466,14 @@ def _dot_quant(e, qt: QuantType, n_cols):
     n_blocks = builder.udiv(n_cols, ir.Constant(I64, qt.block_values))
     accs = [cgutils.alloca_once_value(builder, e.const(F32, ILANES, 0.0)) for _ in range(2)]
     offs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(2)]
+    n_fields = qt.block_values // (16 if qt.halves else 32)
+    off_lanes = cgutils.alloca_once_value(builder, e.const(F32, n_fields, 0.0))
 
     def block(b, first_slot):
         subs = qt.subs(e, e.mul(b, qt.block_bytes))
+        if qt.fields is not None:
+            _block_fields(b, subs)
+            return
         for i, sub in enumerate(subs):
             slot = (first_slot + i) % 2
             v = e.add(e.mul(b, len(subs)), i)  # this Sub's index among the row's 32s
@@ -455,6 +492,23 @@ def _dot_quant(e, qt: QuantType, n_cols):
                 off = e.fma(sub.off, e.scalar(e.xs32, v), off)
             builder.store(off, offs[slot])
 
+    def _block_fields(b, subs):
+        """A K-quant block: its scales times xd and its offsets times the sums of x as vectors
+        (qt.fields), then per Sub the integer dot and one lane of the scales spread."""
+        scale, off = qt.fields(e, e.mul(b, qt.block_bytes))
+        sums = e.floats(e.xs16 if qt.halves else e.xs32, e.mul(b, n_fields), n_fields)
+        builder.store(e.fma(off, sums, builder.load(off_lanes)), off_lanes)
+        xd = e.floats(e.xd, e.mul(b, len(subs)), len(subs))
+        if qt.halves:  # scales of 16 values: xd of their 32 twice
+            xd = builder.shuffle_vector(xd, xd, e.const(I32, n_fields, [k // 2 for k in range(n_fields)]))
+        scaled = e.fmul(scale, xd)
+        for i, sub in enumerate(subs):
+            v = e.add(e.mul(b, len(subs)), i)
+            lanes = e.to_float(idot(e, sub.u, _xq(e, e.mul(v, 32))))
+            spread = [2 * i] * 4 + [2 * i + 1] * 4 if qt.halves else [i] * ILANES
+            scales = builder.shuffle_vector(scaled, scaled, e.const(I32, ILANES, spread))
+            builder.store(e.fma(scales, lanes, builder.load(accs[i % 2])), accs[i % 2])
+
     with cgutils.for_range(builder, builder.udiv(n_blocks, ir.Constant(I64, per_step))) as loop:
         b = e.mul(loop.index, per_step)
         for line in range(0, per_step * qt.block_bytes, 64):
@@ -466,6 +520,8 @@ def _dot_quant(e, qt: QuantType, n_cols):
         with builder.if_then(odd):
             block(builder.sub(n_blocks, ir.Constant(I64, 1)), 0)
     total = e.reduce(e.fadd(builder.load(accs[0]), builder.load(accs[1])))
+    if qt.fields is not None:
+        total = e.fadd(total, e.reduce(builder.load(off_lanes)))
     return e.fadd(total, e.fadd(builder.load(offs[0]), builder.load(offs[1])))
 
 
