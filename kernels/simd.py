@@ -12,8 +12,8 @@ integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the in
 int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then
 vpmaddwd by ones, and Q8_0's signed codes against x with their signs, since w + 128 would
 overflow vpmaddubsw's int16 sums; elsewhere plain vector integer math for LLVM to lower: on
-x86 that lowering took 4-5x the instructions of the AVX2 path). The lanes become floats once per block and
-are scaled by d_w * xd into a float accumulator. A block's offset or minimum never touches the
+x86 that lowering took 4-5x the instructions of the AVX2 path). The lanes become floats once
+per block and are scaled by d_w * xd into a float accumulator. A block's offset or minimum never touches the
 lanes:
 
     sum_j d (u_j - z) xq_j xd  =  d xd sum_j u_j xq_j  -  d z xs32
@@ -368,7 +368,6 @@ def _k4_fields(e, base):
     -dmin * m_s, from the 12 packed bytes at 4 in one pass of vector integer code (the decode
     dot's, where _scale_min_k4 per sub-block was ~12 scalar instructions each)."""
     b = e.b
-    v8 = vec(I32, 8)
     raw = b.zext(e.bytes_at(base, 4, 16), vec(I32, 16))  # the 12 scale bytes (+ 4 of qs)
 
     def pick(idx):
@@ -381,15 +380,13 @@ def _k4_fields(e, base):
     sc = b.select(low, b.and_(p_sc, c63), b.or_(b.and_(p_sc, c15), b.shl(b.lshr(q_sc, c6), c4)))
     m = b.select(low, b.and_(p_m, c63), b.or_(b.lshr(p_m, c4), b.shl(b.lshr(q_m, c6), c4)))
     d, dmin = e.half_at(base, 0), e.half_at(base, 2)
-    to_f = lambda ints: b.sitofp(ints, vec(F32, 8))  # noqa: E731
-    return e.fmul(e.splat(d, 8), to_f(sc)), e.fmul(e.splat(b.fneg(dmin), 8), to_f(m))
+    return e.fmul(e.splat(d, 8), e.to_float(sc)), e.fmul(e.splat(b.fneg(dmin), 8), e.to_float(m))
 
 
 def _q6_k_fields(e, base):
     """Q6_K: (scales, offsets) <16 x float> of the block's 16 sub-blocks of 16 values, d * sc
     and -32 d * sc (sc the int8 scales at 192)."""
-    b = e.b
-    scales = e.fmul(e.splat(e.half_at(base, 208), 16), b.sitofp(e.bytes_at(base, 192, 16), vec(F32, 16)))
+    scales = e.fmul(e.splat(e.half_at(base, 208), 16), e.to_float(e.bytes_at(base, 192, 16)))
     return scales, e.fmul(scales, e.const(F32, 16, -32.0))
 
 

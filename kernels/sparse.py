@@ -42,7 +42,9 @@ from numba.extending import intrinsic
 
 from .floats import half_to_float
 from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
-from .simd import AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined, vec
+from .simd import (
+    AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined, vec,
+)
 
 HAS_VBMI = bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
 VECTOR_KERNEL = HAS_VBMI or AVX2  # sparse_rows_q4/_q8 run here (else rows_loop)
@@ -99,7 +101,6 @@ _AVX2_SLOT_ENTRY = [8 * (t // 16) + 2 * ((t % 16) // 8) + [0, 4, 1, 5][t % 4] fo
 _AVX2_WORD_BYTES = [4 * blk + 2 * (t // 16) + t % 2 for t, blk in enumerate(_AVX2_SLOT_BLOCK)]
 _AVX2_SHIFTS = [4 * ((j % 4) // 2) for j in range(8)]  # per lane: 2m (+ 2 for its second half)
 _AVX2_SLOT_BASE = [4 * ((k % 8) // 2) for k in _AVX2_SLOT_ENTRY]  # group's first column in the half
-_AVX2_SLOT_VALUE = [k for k in _AVX2_SLOT_ENTRY]  # byte of a block's 16 values (Q8), of a pair's (Q4)
 _AVX2_Q4_SHIFTS = [4 * ((j % 4) % 2) for j in range(8)]  # block 2c + 1's values: the high nibbles
 _AVX2_BLOCK1_LANES = [j % 2 for j in range(8)]
 
@@ -135,7 +136,7 @@ def _pair_lanes_avx2(e, q8, c):
     x = [b.load(b.bitcast(e.gep(e.xq, b.add(e.mul(c, 64), ir.Constant(I64, 32 * k))), v32.as_pointer()), align=1)
          for k in range(2)]
     xs = blocks_picked(x[0], x[1], cols)
-    slot_value = e.const(I8, 32, _AVX2_SLOT_VALUE)
+    slot_value = e.const(I8, 32, _AVX2_SLOT_ENTRY)  # the byte of a block's 16 values (Q8), of a pair's (Q4)
     if q8:
         base = e.mul(c, 32)
         w = blocks_picked(_bytes_twice(e, e.gep(e.values, base)), _bytes_twice(e, e.gep(e.values, e.add(base, 16))),
