@@ -21,7 +21,7 @@ from threadpoolctl import ThreadpoolController
 from edgellm.default_model import default_model_path
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
-from edgellm.kernels import set_num_threads
+from edgellm.kernels import set_num_threads, team
 from edgellm.kv_cache import KVCache
 from edgellm.models import ARCHITECTURES
 from edgellm.sampling import Sampler, SamplingParams
@@ -73,6 +73,7 @@ class LLM:
         if arch not in ARCHITECTURES:
             raise GGUFError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
         self.model = ARCHITECTURES[arch](self.gguf)
+        team.start_compiling_serve()  # a fresh install: overlaps the load and the other kernels' compile
         self.hparams = self.model.hp
         model_kind = self.gguf.get("tokenizer.ggml.model")
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata) if model_kind not in (None, "none") else None
@@ -161,8 +162,15 @@ class LLM:
         if n < 1:
             return
         with self._blas.limit(limits=1, user_api="blas"):
-            self.model.forward(np.full(n, token, np.int64), np.arange(n, dtype=np.int64), self.kv_cache, False)
-            self.model.forward(np.array([token], np.int64), np.array([n], np.int64), self.kv_cache, False)
+            if team.start_compiling_serve():  # under way in a second process: compile the rest here
+                with team.dry_run(), np.errstate(all="ignore"):  # the jobs' outputs are garbage
+                    self._warm_up_passes(token, n)
+                team.wait_for_serve()
+            self._warm_up_passes(token, n)
+
+    def _warm_up_passes(self, token: int, n: int) -> None:
+        self.model.forward(np.full(n, token, np.int64), np.arange(n, dtype=np.int64), self.kv_cache, False)
+        self.model.forward(np.array([token], np.int64), np.array([n], np.int64), self.kv_cache, False)
         self.kv_cache.truncate(0)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:

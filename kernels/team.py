@@ -24,6 +24,10 @@ function writes the descriptor, then Team.run() runs it (both under Team.lock).
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -100,6 +104,65 @@ def _spin(n):
         cpu_relax()
 
 
+# A fresh install compiles serve (every job's code: most of a first run's compile time) in a
+# second process while this one goes on loading the model and compiling the other kernels (numba
+# compiles one function at a time per process); the first call of serve then loads its machine
+# code from numba's disk cache. _compiler: that process while it runs.
+_compiler: list = []
+_compiler_lock = threading.Lock()
+# sys.path[0] of `python -c` is the current folder: in a source checkout its edgellm/ would
+# shadow the installed package (whose kernels are edgellm.kernels), so it goes (as with -P).
+_COMPILE_SERVE = ("import sys; del sys.path[0]; from numba import types as t; "
+                  "from edgellm.kernels.team import serve; "
+                  "serve.compile((t.int64[::1], t.int64[::1], t.boolean, t.int64))")
+_dry_run = threading.local()
+
+
+def serve_is_cached() -> bool:
+    try:
+        return bool(serve._cache._cache_file._load_index())
+    except (AttributeError, OSError):  # numba's cache internals moved: take it as cached
+        return True
+
+
+def start_compiling_serve() -> bool:
+    """If serve has no machine code in the disk cache, start compiling it in a second process.
+    Returns whether a compile is under way (in that process)."""
+    with _compiler_lock:
+        if _compiler or serve.signatures or serve_is_cached():
+            return bool(_compiler)
+        try:
+            _compiler.append(subprocess.Popen([sys.executable, "-c", _COMPILE_SERVE], env=os.environ.copy(),
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        except OSError:  # no second process: serve compiles here when first called
+            return False
+        return True
+
+
+def wait_for_serve() -> None:
+    """Wait for the compiling process, if any (whatever its outcome: if it failed, serve
+    compiles here when first called)."""
+    with _compiler_lock:
+        running = list(_compiler)
+    for process in running:  # waited on outside the lock, which start_compiling_serve takes
+        process.wait()
+    with _compiler_lock:
+        if _compiler == running:
+            _compiler.clear()
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Team.run() on this thread posts nothing: a forward pass inside compiles every kernel but
+    serve (for a warm-up while serve compiles elsewhere), its job outputs left as they were."""
+    _dry_run.on = True
+    try:
+        yield
+    finally:
+        _dry_run.on = False
+
+
 def _spins_per_second() -> float:
     _spin(1000)
     best = float("inf")
@@ -127,6 +190,7 @@ class Team:
             w.start()
 
     def _serve(self, wakeup: threading.Event) -> None:
+        wait_for_serve()
         while serve(self.ctl, self.desc, False, self.idle_spins) == RETURN_IDLE:
             wakeup.wait()
             wakeup.clear()
@@ -134,6 +198,10 @@ class Team:
 
     def run(self) -> None:
         """Run the job in desc (the caller holds self.lock and has just filled it in)."""
+        if getattr(_dry_run, "on", False):
+            return
+        if _compiler:
+            wait_for_serve()
         if serve(self.ctl, self.desc, True, 0):
             self.wake()
 

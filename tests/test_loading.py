@@ -1,5 +1,6 @@
 """Loading keeps quantized weights quantized and in the file: nothing is dequantized at load."""
 
+import os
 import subprocess
 import sys
 
@@ -60,3 +61,44 @@ def test_a_first_run_says_it_compiles_and_warms_up_without_changing_the_output(m
     assert notices == [0]
     assert batches[:3] == [WARM_UP_TOKENS, 1, n_prompt] and batches[3:] == [1] * (len(batches) - 3)
     assert llm.kv_cache.n_past == n_prompt + len(batches) - 3
+
+
+def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, monkeypatch):
+    """While a second process compiles the team's serve, the warm-up runs its passes once with the
+    team's jobs left out (compiling every other kernel), waits, then once for real: the output is
+    unchanged by the dry passes' garbage, which leave no warning behind."""
+    import warnings
+
+    import edgellm.kernels
+    from edgellm.kernels import team
+    from edgellm.llm import WARM_UP_TOKENS
+
+    prompt = "The capital of France is"
+    plain = list(edgellm.load(model_path, ctx=256).generate(prompt, max_tokens=8))
+    llm = edgellm.load(model_path, ctx=256)
+    monkeypatch.setattr(edgellm.kernels, "needs_compiling", lambda: True)
+    monkeypatch.setattr(team, "start_compiling_serve", lambda: True)
+    waits, dry = [], []
+    monkeypatch.setattr(team, "wait_for_serve", lambda: waits.append(len(dry)))
+    llm.on_compile = lambda: None
+    forward = llm.model.forward
+
+    def counting(ids, *args, **kwargs):
+        dry.append(getattr(team._dry_run, "on", False))
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(llm.model, "forward", counting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(llm.generate(prompt, max_tokens=8)) == plain
+    assert dry[:5] == [True, True, False, False, False] and waits[0] == 2  # the first wait: after the dry passes
+
+
+@pytest.mark.slow
+def test_serve_compiles_in_a_second_process_on_a_fresh_install(tmp_path):
+    """A fresh cache: start_compiling_serve starts a process whose compile lands in the cache."""
+    code = ("from edgellm.kernels import team; assert not team.serve_is_cached(); "
+            "assert team.start_compiling_serve(); team.wait_for_serve(); assert team.serve_is_cached(); "
+            "assert not team.start_compiling_serve()")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=600)
