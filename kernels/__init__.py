@@ -36,9 +36,4 @@ def needs_compiling() -> bool:
     several seconds, which a front end should announce."""
     from . import dispatch, nn, team
 
-    try:
-        return any(not kernel._cache._cache_file._load_index()
-                   for kernel in (dispatch._fill_weights, team.serve,
-                                  nn._rms_norm_rows, nn._fill_attend))
-    except (AttributeError, OSError):  # numba's cache internals moved: say nothing
-        return False
+    return not all(map(team.in_disk_cache, (dispatch._fill_weights, team.serve, nn._rms_norm_rows, nn._fill_attend)))

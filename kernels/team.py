@@ -115,14 +115,26 @@ _compiler_lock = threading.Lock()
 _COMPILE_SERVE = ("import sys; del sys.path[0]; from numba import types as t; "
                   "from edgellm.kernels.team import serve; "
                   "serve.compile((t.int64[::1], t.int64[::1], t.boolean, t.int64))")
-_dry_run = threading.local()
+
+
+class _DryRun(threading.local):
+    on = False
+
+
+_dry_run = _DryRun()
+
+
+def in_disk_cache(kernel) -> bool:
+    """Whether a cache=True njit function has machine code in numba's disk cache (if numba's
+    cache internals moved: taken as cached, so that nothing is announced or started)."""
+    try:
+        return bool(kernel._cache._cache_file._load_index())
+    except (AttributeError, OSError):
+        return True
 
 
 def serve_is_cached() -> bool:
-    try:
-        return bool(serve._cache._cache_file._load_index())
-    except (AttributeError, OSError):  # numba's cache internals moved: take it as cached
-        return True
+    return in_disk_cache(serve)
 
 
 def start_compiling_serve() -> bool:
@@ -198,7 +210,7 @@ class Team:
 
     def run(self) -> None:
         """Run the job in desc (the caller holds self.lock and has just filled it in)."""
-        if getattr(_dry_run, "on", False):
+        if _dry_run.on:
             return
         if _compiler:
             wait_for_serve()

@@ -78,20 +78,30 @@ def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, mon
     llm = edgellm.load(model_path, ctx=256)
     monkeypatch.setattr(edgellm.kernels, "needs_compiling", lambda: True)
     monkeypatch.setattr(team, "start_compiling_serve", lambda: True)
-    waits, dry = [], []
+    waits, dry, posted_dry = [], [], []
     monkeypatch.setattr(team, "wait_for_serve", lambda: waits.append(len(dry)))
+    real_serve = team.serve
+
+    def serve(ctl, desc, post, idle_spins):
+        if post:
+            posted_dry.append(team._dry_run.on)
+        return real_serve(ctl, desc, post, idle_spins)
+
+    monkeypatch.setattr(team, "serve", serve)
     llm.on_compile = lambda: None
     forward = llm.model.forward
 
     def counting(ids, *args, **kwargs):
-        dry.append(getattr(team._dry_run, "on", False))
+        dry.append(team._dry_run.on)
         return forward(ids, *args, **kwargs)
 
     monkeypatch.setattr(llm.model, "forward", counting)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(llm.generate(prompt, max_tokens=8)) == plain
-    assert dry[:5] == [True, True, False, False, False] and waits[0] == 2  # the first wait: after the dry passes
+    assert dry[:5] == [True, True, False, False, False]
+    assert waits == [2]  # once, after the dry passes
+    assert posted_dry and not any(posted_dry)  # no job was posted during the dry passes
 
 
 @pytest.mark.slow
