@@ -45,7 +45,7 @@ from .kquants import (
 from . import jobs
 from . import sparse as sparse_kernels
 from .gemm import GROUP_ROWS
-from .matvec import f16_table, quantize_into_8, quantize_into_16
+from .matvec import f16_table, quantize_into_8, quantize_into_8k, quantize_into_16
 from .team import team
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
@@ -59,6 +59,7 @@ Q4_K, Q5_K, Q6_K = int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
 
 SUPPORTED_TYPES = frozenset({F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K})
 FLOAT_TYPES = frozenset({F32, F16, BF16})
+K_QUANTS = frozenset({Q4_K, Q5_K, Q6_K})
 
 # At most this many x rows are a decode mat-vec (8-bit x); more a prefill GEMM (16-bit x).
 MATVEC_MAX_ROWS = 8
@@ -281,6 +282,9 @@ class WeightGroup:
         self.matvec = n_cols % 32 == 0
         # Many x rows: quantized weights go through the 8-bit GEMM (gemm.py), float ones BLAS.
         self.quantized = all(w.ggml_type not in FLOAT_TYPES for w in self.weights)
+        # A decode mat-vec quantizes x as llama.cpp does for these weights: Q8_K blocks of 256
+        # for K-quants, Q8_0 blocks of 32 otherwise (a group mixing the two takes Q8_0).
+        self.k_blocks = n_cols % 256 == 0 and all(w.ggml_type in K_QUANTS for w in self.weights)
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones)."""
@@ -297,7 +301,7 @@ class WeightGroup:
             outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
             with t.lock:
                 _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads,
-                              t.scratch(_scratch_bytes(kind, x.shape[0], self.n_cols)))
+                              t.scratch(_scratch_bytes(kind, x.shape[0], self.n_cols)), self.k_blocks)
                 t.run()
             ys += outs_part[: len(part)]
         return ys
@@ -341,9 +345,10 @@ def _scratch_bytes(kind: int, n: int, n_cols: int) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _quantize_into_scratch(x, scratch, kind, desc):
-    """x quantized into scratch (16-bit codes for jobs.GEMM, else 8-bit) and the addresses of
-    codes, xd, xs32, xs16 in desc's MV_ fields."""
+def _quantize_into_scratch(x, scratch, kind, desc, k_blocks):
+    """x quantized into scratch (16-bit codes for jobs.GEMM, else 8-bit: Q8_K blocks with
+    k_blocks, Q8_0 ones without) and the addresses of codes, xd, xs32, xs16 in desc's MV_
+    fields."""
     n, n_cols = x.shape
     codes, floats = _scratch_layout(kind, n, n_cols)
     xd = scratch[codes : codes + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
@@ -351,6 +356,8 @@ def _quantize_into_scratch(x, scratch, kind, desc):
     xs16 = scratch[codes + 2 * floats : codes + 2 * floats + 4 * n * (n_cols // 16)].view(np.float32).reshape(n, n_cols // 16)
     if kind == jobs.GEMM:
         quantize_into_16(x, scratch[: 2 * n * n_cols].view(np.int16).reshape(n, n_cols), xd, xs32, xs16)
+    elif k_blocks:
+        quantize_into_8k(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
     else:
         quantize_into_8(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
     desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, scratch.ctypes.data, xd.ctypes.data
@@ -367,11 +374,11 @@ def _item_rows(gemm, rows, row_bytes, n_threads):
 
 
 @njit(cache=True, nogil=True)
-def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch):
+def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks):
     """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
-    rows (8-bit codes), jobs.GEMM for many (16-bit codes)."""
+    rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes)."""
     n, n_cols = x.shape
-    _quantize_into_scratch(x, scratch, kind, desc)
+    _quantize_into_scratch(x, scratch, kind, desc, k_blocks)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
     desc[jobs.MV_F16] = f16.ctypes.data
@@ -433,7 +440,7 @@ _NO_PLANES = tuple(_readonly(np.empty((0, 1), dtype)) for dtype in (np.uint8, np
 def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads, scratch):
     n, n_cols = x.shape
     gemm = kind == jobs.SPARSE_GEMM
-    _quantize_into_scratch(x, scratch, jobs.GEMM if gemm else jobs.MATVEC, desc)
+    _quantize_into_scratch(x, scratch, jobs.GEMM if gemm else jobs.MATVEC, desc, False)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS], desc[jobs.MV_F16] = n, n_cols, f16.ctypes.data
     desc[jobs.MV_WEIGHTS], desc[jobs.SP_Q8] = len(values), 1 if q8 else 0

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .simd import (
-    quantize_row_8, quantize_row_16, rows_bf16, rows_f16, rows_f32, rows_q4_0, rows_q4_1, rows_q4_k, rows_q5_0,
+    quantize_row_8, quantize_row_8k, quantize_row_16, rows_bf16, rows_f16, rows_f32, rows_q4_0, rows_q4_1, rows_q4_k, rows_q5_0,
     rows_q5_1, rows_q5_k, rows_q6_k, rows_q8_0,
 )
 
@@ -33,10 +33,19 @@ def f16_table() -> np.ndarray:
 def quantize_into_8(x, xq, xd, xs32, xs16):
     """x float32 [n, n_cols] (n_cols a multiple of 32) -> xq int8 [n, n_cols], xd float32
     [n, n_cols / 32], xs32 float32 [n, n_cols / 32], xs16 float32 [n, n_cols / 16]: per block
-    of 32, xd = max |x| / 127 and xq = round(x / xd), so xq * xd is x to half a step; xs32 and
-    xs16 are the sums of xq * xd over each 32 and 16 values (the quantized types' offsets)."""
+    of 32, xq = round(x * 127 / max |x|) and xd = max |x| / 127 rounded to f16 (llama.cpp's
+    Q8_0 blocks), so xq * xd is x to about half a step; xs32 and xs16 are the sums of xq * xd
+    over each 32 and 16 values (the quantized types' offsets)."""
     for k in range(x.shape[0]):
         quantize_row_8(x[k], xq[k], xd[k], xs32[k], xs16[k])
+
+
+@njit(cache=True, nogil=True)
+def quantize_into_8k(x, xq, xd, xs32, xs16):
+    """quantize_into_8 with llama.cpp's Q8_K blocks (n_cols a multiple of 256), the x it gives
+    K-quant weights: one float32 scale per 256 values, repeated in each of its 8 xd slots."""
+    for k in range(x.shape[0]):
+        quantize_row_8k(x[k], xq[k], xd[k], xs32[k], xs16[k])
 
 
 @njit(cache=True, nogil=True)
@@ -46,13 +55,14 @@ def quantize_into_16(x, xq, xd, xs32, xs16):
         quantize_row_16(x[k], xq[k], xd[k], xs32[k], xs16[k])
 
 
-def quantize_x(x: np.ndarray, bits: int = 8):
-    """(xq, xd, xs32, xs16) as new arrays (quantize_into_8 / _16)."""
+def quantize_x(x: np.ndarray, bits: int = 8, k_blocks: bool = False):
+    """(xq, xd, xs32, xs16) as new arrays (quantize_into_8, _8k with k_blocks, or _16)."""
     n, n_cols = x.shape
     xq = np.empty((n, n_cols), np.int8 if bits == 8 else np.int16)
     xd, xs32 = np.empty((n, n_cols // 32), np.float32), np.empty((n, n_cols // 32), np.float32)
     xs16 = np.empty((n, n_cols // 16), np.float32)
-    (quantize_into_8 if bits == 8 else quantize_into_16)(np.ascontiguousarray(x, np.float32), xq, xd, xs32, xs16)
+    quantize = quantize_into_16 if bits == 16 else quantize_into_8k if k_blocks else quantize_into_8
+    quantize(np.ascontiguousarray(x, np.float32), xq, xd, xs32, xs16)
     return xq, xd, xs32, xs16
 
 

@@ -6,7 +6,8 @@ loop over blocks with gathers, 4-10x slower. So the hot loop is emitted here dir
 numba's @intrinsic with llvmlite, keeping the accumulators in registers across the whole row.
 
 Quantized rows meet x quantized to 8 bits, once per mat-vec (matvec.quantize_x), as llama.cpp
-does: xq int8 [n_cols] and xd float32 [n_cols / 32], one scale per 32 values (x ~ xq * xd), and
+does: xq int8 [n_cols] and xd float32 [n_cols / 32], one scale per 32 values (x ~ xq * xd; for
+K-quant weights llama.cpp's Q8_K blocks, one scale per 256 repeated in its 8 slots), and
 xs32 / xs16, the sums of xq * xd over each 32 / 16 values. Per 32 weights, the block's unsigned
 integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the integer unit: 8
 int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then
@@ -593,10 +594,26 @@ rows_q8_0, rows_q4_0, rows_q4_1, rows_q5_0, rows_q5_1, rows_q4_k, rows_q5_k, row
 
 
 # --- x to integers -------------------------------------------------------------------------------
+def _store_codes(e, blk, codes, d, code_t):
+    """One block of 32 codes (floats holding integers) into xq, its scale d into xd and the
+    sums of d * codes over it and its halves into xs32 and xs16."""
+    b = e.b
+    p = b.bitcast(e.gep(e.xq, e.mul(blk, 32)), vec(code_t, 32).as_pointer())
+    b.store(b.fptosi(codes, vec(code_t, 32)), p, align=1)
+    lo, hi = e.halves(codes)
+    lo, hi = e.reduce(lo), e.reduce(hi)  # sums of integers < 2^24: exact in any order
+    b.store(d, e.gep(e.xd, blk))
+    b.store(b.fmul(d, b.fadd(lo, hi)), e.gep(e.xs32, blk))
+    b.store(b.fmul(d, lo), e.gep(e.xs16, e.mul(blk, 2)))
+    b.store(b.fmul(d, hi), e.gep(e.xs16, e.add(e.mul(blk, 2), 1)))
+
+
 def _quantize_row(bits):
     """quantize_row_<bits>(x, xq, xd, xs32, xs16): one row x float32 [n_cols] into codes xq
-    (int8 or int16 [n_cols]) with a scale per 32 values, xd = max |x| / (2^(bits-1) - 1), codes
-    round(x / xd) (halves to even); xs32 / xs16: sums of xd * codes over each 32 / 16."""
+    (int8 or int16 [n_cols]) with a scale per 32 values: codes round(x * (2^(bits-1) - 1) /
+    max |x|) (halves to even), xd = max |x| / (2^(bits-1) - 1), for 8 bits rounded to f16 as
+    llama.cpp stores it in its Q8_0 blocks (the x of Q4_0, Q5_0, Q8_0 weights); xs32 / xs16:
+    sums of xd * codes over each 32 / 16 values."""
     qmax = float((1 << (bits - 1)) - 1)
     code_t = ir.IntType(bits)
 
@@ -618,15 +635,10 @@ def _quantize_row(bits):
                 positive = b.fcmp_ordered(">", amax, ir.Constant(F32, 0.0))
                 inv = b.select(positive, b.fdiv(ir.Constant(F32, qmax), amax), ir.Constant(F32, 0.0))
                 codes = b.call(rint, [b.fmul(v, e.splat(inv, 32))])  # exact, not fast-math
-                p = b.bitcast(e.gep(e.xq, e.mul(blk, 32)), vec(code_t, 32).as_pointer())
-                b.store(b.fptosi(codes, vec(code_t, 32)), p, align=1)
-                lo, hi = e.halves(codes)
-                lo, hi = e.reduce(lo), e.reduce(hi)  # sums of integers < 2^24: exact in any order
                 d = b.fdiv(amax, ir.Constant(F32, qmax))
-                b.store(d, e.gep(e.xd, blk))
-                b.store(b.fmul(d, b.fadd(lo, hi)), e.gep(e.xs32, blk))
-                b.store(b.fmul(d, lo), e.gep(e.xs16, e.mul(blk, 2)))
-                b.store(b.fmul(d, hi), e.gep(e.xs16, e.add(e.mul(blk, 2), 1)))
+                if bits == 8:
+                    d = b.fpext(b.fptrunc(d, ir.HalfType()), F32)
+                _store_codes(e, blk, codes, d, code_t)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -636,6 +648,43 @@ def _quantize_row(bits):
 
 quantize_row_8 = _quantize_row(8)
 quantize_row_16 = _quantize_row(16)
+
+
+@intrinsic
+def quantize_row_8k(typingctx, x, xq, xd, xs32, xs16):
+    """quantize_row_8 as llama.cpp's Q8_K, the x of the K-quant weights (n_cols a multiple of
+    256): per 256 values, m = the value of largest magnitude (the larger one's sign on a tie),
+    codes min(round(-127 / m * x), 127), scale 1 / (-127 / m) in float32, the same in each of
+    the block's 8 xd slots (so the row dots read it per 32 as for the other types)."""
+    sig = types.void(x, xq, xd, xs32, xs16)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args, ("x", "xq", "xd", "xs32", "xs16"))
+        b = builder
+        m = b.module
+        v32 = vec(F32, 32)
+        rint = declare(m, "llvm.rint.v32f32", v32, [v32])
+        vmax = declare(m, "llvm.maxnum.v32f32", v32, [v32, v32])
+        vmin = declare(m, "llvm.minnum.v32f32", v32, [v32, v32])
+        rmax = declare(m, "llvm.vector.reduce.fmax.v32f32", F32, [v32])
+        rmin = declare(m, "llvm.vector.reduce.fmin.v32f32", F32, [v32])
+        with cgutils.for_range(b, b.udiv(e.shape(0), ir.Constant(I64, 256))) as loop:
+            first = e.mul(loop.index, 8)
+            vs = [e.floats(e.x, e.mul(e.add(first, i), 32), 32) for i in range(8)]
+            hi, lo = vs[0], vs[0]
+            for v in vs[1:]:
+                hi, lo = b.call(vmax, [hi, v]), b.call(vmin, [lo, v])
+            top, bottom = b.call(rmax, [hi]), b.call(rmin, [lo])
+            extreme = b.select(b.fcmp_ordered(">", b.fneg(bottom), top), bottom, top)
+            nonzero = b.fcmp_ordered("!=", extreme, ir.Constant(F32, 0.0))
+            iscale = b.select(nonzero, b.fdiv(ir.Constant(F32, -127.0), extreme), ir.Constant(F32, 0.0))
+            d = b.select(nonzero, b.fdiv(ir.Constant(F32, 1.0), iscale), ir.Constant(F32, 0.0))
+            for i, v in enumerate(vs):
+                codes = b.call(vmin, [b.call(rint, [b.fmul(v, e.splat(iscale, 32))]), e.const(F32, 32, 127.0)])
+                _store_codes(e, e.add(first, i), codes, d, I8)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # --- exp over arrays -----------------------------------------------------------------------------

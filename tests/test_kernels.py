@@ -138,18 +138,22 @@ def test_get_rows_rejects_out_of_range_ids(tensors):
 
 
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+K_QUANTS = (T.Q4_K, T.Q5_K, T.Q6_K)
 
 
 def seen_x(x: np.ndarray, qtype: T) -> np.ndarray:
-    """x as the kernels multiply it: quantized types take x quantized per block of 32, to 8 bits
-    in a decode mat-vec (a few x rows, kernels.matvec.quantize_x) and to 16 bits in the prefill
-    GEMM (quantize_x16); float types take float32 x."""
+    """x as the kernels multiply it: quantized types take x quantized, to 8 bits in a decode
+    mat-vec (a few x rows, kernels.matvec.quantize_x: Q8_K blocks for K-quants, Q8_0 ones for
+    the others) and to 16 bits per 32 values in the prefill GEMM (quantize_x16); float types
+    take float32 x."""
     from edgellm.kernels.matvec import quantize_x, quantize_x16
 
     if qtype in FLOAT_TYPES or x.shape[0] == 0:
         return x
-    quantize = quantize_x if x.shape[0] <= kernels.dispatch.MATVEC_MAX_ROWS else quantize_x16
-    xq, xd = quantize(x)[:2]
+    if x.shape[0] <= kernels.dispatch.MATVEC_MAX_ROWS:
+        xq, xd = quantize_x(x, k_blocks=qtype in K_QUANTS)[:2]
+    else:
+        xq, xd = quantize_x16(x)[:2]
     return (xq.reshape(x.shape[0], -1, 32) * xd[..., None]).reshape(x.shape)
 
 
@@ -180,13 +184,37 @@ def test_activations_are_quantized_per_32_values(bits):
     xq, xd, xs32, xs16 = (quantize_x if bits == 8 else quantize_x16)(x)
     blocks = x.reshape(2, 2, 32)
     amax = np.abs(blocks).max(-1)
-    np.testing.assert_array_equal(xd, amax / np.float32(qmax))
+    d = amax / np.float32(qmax)
+    np.testing.assert_array_equal(xd, d.astype(np.float16).astype(np.float32) if bits == 8 else d)
     scale = np.where(amax > 0, np.float32(qmax) / amax.clip(1e-30), 0).astype(np.float32)
     np.testing.assert_array_equal(xq.reshape(2, 2, 32), np.rint(blocks * scale[..., None]))
     assert np.abs(xq).max() == qmax and xq.dtype == dtype
     dequantized = xq.reshape(2, 2, 32) * xd[..., None].astype(np.float64)
     np.testing.assert_allclose(xs32, dequantized.sum(-1), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(xs16, dequantized.reshape(2, 4, 16).sum(-1), rtol=1e-6, atol=1e-6)
+
+
+def test_activations_for_k_quants_are_q8_k_blocks():
+    """ggml's quantize_row_q8_K_ref: per 256 values the first of largest magnitude, m; codes
+    min(nearest(-127 / m * x), 127), d = 1 / (-127 / m); here d fills the block's 8 xd slots."""
+    from edgellm.kernels.matvec import quantize_x
+
+    x = np.random.default_rng(1).standard_normal((2, 512), dtype=np.float32)
+    x[0, 7] = -9.0  # a negative extreme
+    x[1, 256:] = 0.0  # an all-zero block
+    xq, xd, xs32, xs16 = quantize_x(x, k_blocks=True)
+    for row in range(2):
+        for blk in range(2):
+            v = x[row, 256 * blk : 256 * (blk + 1)]
+            m = v[np.argmax(np.abs(v))]
+            iscale = np.float32(-127) / m if m else np.float32(0)
+            codes = np.minimum(np.rint(iscale * v), 127)
+            np.testing.assert_array_equal(xq[row, 256 * blk : 256 * (blk + 1)], codes)
+            np.testing.assert_array_equal(xd[row, 8 * blk : 8 * (blk + 1)], np.float32(1) / iscale if m else 0)
+    assert xq[0, 7] == -127 and np.all(xd[1, 8:] == 0) and np.all(xq[1, 256:] == 0)
+    dequantized = xq.reshape(2, 16, 32) * xd[..., None].astype(np.float64)
+    np.testing.assert_allclose(xs32, dequantized.sum(-1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(xs16, dequantized.reshape(2, 32, 16).sum(-1), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("n", [1, 64])
@@ -225,7 +253,7 @@ def test_row_dots_are_simd_code(tensors, qtype):
     data, n_cols = tensors[qtype]
     x = np.random.default_rng(0).standard_normal((1, n_cols), dtype=np.float32)
     out = np.zeros((1, 2), np.float32)
-    kernel(np.ascontiguousarray(data[:2]), x, *quantize_x(x), f16_table(), out)
+    kernel(np.ascontiguousarray(data[:2]), x, *quantize_x(x, k_blocks=qtype in K_QUANTS), f16_table(), out)
     expected = reference(data[:2], qtype, n_cols) @ seen_x(x, qtype)[0].astype(np.float64)
     np.testing.assert_allclose(out[0], expected, rtol=1e-4, atol=1e-4)
     asm = kernel.inspect_asm(kernel.signatures[0])

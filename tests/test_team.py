@@ -29,7 +29,7 @@ def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray) -> np.ndarray:
                                np.array([int(T.Q8_0), int(T.Q8_0), int(T.Q8_0)]), dispatch._readonly(x),
                                dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
                                                np.empty((x.shape[0], 0), np.float32)),
-                               t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)))
+                               t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)), False)
         t.run()
     return out
 
