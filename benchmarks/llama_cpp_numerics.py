@@ -6,12 +6,16 @@ dequantized weights):
 - act:  every mat-vec's x quantized as llama.cpp does before its integer dot: for Q8_0/Q5_0/Q4_0
         weights Q8_0 blocks (32 values, scale amax / 127 stored as f16), for K-quant weights
         Q8_K blocks (256 values, scale 1 / (-127 / the signed extreme), float32, codes <= 127);
-        edgellm's kernels use a float32 scale per 32 values for every type;
+        edgellm's kernels used a float32 scale per 32 values for every type;
 - gelu: GEGLU through ggml's f16 table (gate rounded to f16, gelu rounded to f16; the value
         itself beyond +-10), as ggml-cpu builds by default (GGML_GELU_FP16);
 - attn: attention without flash attention (llama-cpp-python's default), as ggml computes it:
         Q * scale rounded to f16, K and V f16 (the default cache type), softmax in float32,
         the probabilities rounded to f16 before they multiply V.
+
+Since 2026-12-02 edgellm's kernels do all three themselves (f16 KV cache by default), so the
+variants now repeat what the kernels do, in another order of additions; `""` measures edgellm
+as it is.
 
 For each variant: the 4 reference prompts' greedy continuations (16 tokens; where each first
 leaves the reference's, or '-') and the teacher-forced top-1 agreement over the 512 GPL-3 tokens.

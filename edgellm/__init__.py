@@ -54,7 +54,7 @@ if "NUMBA_CACHE_DIR" not in _os.environ:
 __version__ = "0.1.0"
 
 
-def load(path=None, threads=None, ctx=4096, kv_type="f32"):
+def load(path=None, threads=None, ctx=4096, kv_type="f16"):
     """Open a GGUF model (None: the bundled default model). See edgellm.llm.LLM."""
     from edgellm.llm import LLM  # imported here so that `import edgellm` stays cheap
 

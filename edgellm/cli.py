@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens per answer at most (default -1: no limit)")
     _add_sampling_args(p)
-    p.add_argument("--kv-type", default="f32", choices=["f32", "f16", "q8_0"], help="KV cache storage (default f32)")
+    p.add_argument("--kv-type", default="f16", choices=["f16", "f32", "q8_0"], help="KV cache storage (default f16, as llama.cpp)")
     p.add_argument("--plain", action="store_true", help="a line REPL instead of the full-screen chat")
     p.set_defaults(func=cmd_chat)
 

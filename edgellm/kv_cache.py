@@ -5,9 +5,10 @@ its memory does not grow with the context. Keys are stored after RoPE, with the 
 position of each slot (-1 for an empty slot); attention masks by position, so the order of the
 slots in the ring does not matter.
 
-Storage is f32, f16 or q8_0 (`kv_type`); attention always gets float32. q8_0 is ggml's block
-format (32 values share one f16 scale: 34 bytes per 32 values), so an 8-bit cache takes 53% of
-an f16 one. Keys are quantized after RoPE, as llama.cpp does with `-ctk q8_0`.
+Storage is f16 (the default, as in llama.cpp), f32 or q8_0 (`kv_type`). Attention reads an f16
+cache as it is stored (and then rounds as llama.cpp does: kernels.nn.attention), the others as
+float32. q8_0 is ggml's block format (32 values share one f16 scale: 34 bytes per 32 values), so
+an 8-bit cache takes 53% of an f16 one. Keys are stored after RoPE, as llama.cpp does.
 
 When a conversation outgrows the context, `KVCache.shift` does what llama.cpp's context shift
 does: it keeps the first n_keep positions (BOS and the system prompt, which the model attends to
@@ -22,7 +23,7 @@ from gguf import GGMLQuantizationType, quants
 
 from edgellm.errors import EdgeLLMError
 from edgellm.kernels import dequantize
-from edgellm.kernels.nn import apply_rope, rope_tables
+from edgellm.kernels.nn import apply_rope, rope_tables, to_f16
 
 KV_TYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK, Q8_0_BYTES = 32, 34  # values per block, bytes per block (f16 scale + 32 int8)
@@ -45,17 +46,32 @@ class KVStore:
         if self.kv_type == "q8_0":
             n_kv, m, _ = x.shape
             x = quants.quantize(x.reshape(n_kv * m, self.dim), GGMLQuantizationType.Q8_0).reshape(n_kv, m, -1)
+        elif self.kv_type == "f16":
+            x = to_f16(x)
         self.data[:, slots] = x
 
     def read(self, slots=slice(None)) -> np.ndarray:
         """float32 [n_kv, m, dim] of those slots (a view for f32 and a slice, else a new array)."""
+        return self.view(slots).astype(np.float32, copy=False)
+
+    def view(self, slots=slice(None)) -> np.ndarray:
+        """Those slots as attention takes them: float16 for f16 (a view for a slice), float32
+        otherwise (q8_0 dequantized)."""
         part = self.data[:, slots]
-        if self.kv_type == "f32":
+        if self.kv_type != "q8_0":
             return part
-        if self.kv_type == "f16":
-            return part.astype(np.float32)
         n_kv, m, row_bytes = part.shape
         rows = np.ascontiguousarray(part).reshape(n_kv * m, row_bytes)
+        return dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim)
+
+    def as_stored(self, x: np.ndarray) -> np.ndarray:
+        """x float32 [n_kv, m, dim] as view() would give it back once written."""
+        if self.kv_type == "f32":
+            return x
+        if self.kv_type == "f16":
+            return to_f16(x)
+        n_kv, m, _ = x.shape
+        rows = quants.quantize(x.reshape(n_kv * m, self.dim), GGMLQuantizationType.Q8_0)
         return dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim)
 
     @property
@@ -65,7 +81,7 @@ class KVStore:
 
 class LayerKVCache:
     def __init__(self, n_kv_head: int, head_dim: int, head_dim_v: int, capacity: int, window: int,
-                 kv_type: str = "f32"):
+                 kv_type: str = "f16"):
         self.capacity, self.window = capacity, window
         self.k = KVStore(n_kv_head, capacity, head_dim, kv_type)  # [n_kv, slot, hd]
         self.v = KVStore(n_kv_head, capacity, head_dim_v, kv_type)
@@ -95,7 +111,8 @@ class LayerKVCache:
         self.pos[slots] = positions
 
     def update(self, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
-        """Store the batch's k/v [n, n_kv, hd]; return (keys, values, key_positions) it attends to.
+        """Store the batch's k/v [n, n_kv, hd]; return (keys, values, key_positions) it attends to
+        (keys and values as KVStore.view gives them).
 
         Writing first is safe when no new entry evicts one that a query of this batch still sees:
         always for full layers (the engine never exceeds the context) and for a window layer when
@@ -107,11 +124,11 @@ class LayerKVCache:
             self._store(k, v, positions)
             if self.window == 0:  # slot == position: attend only to the used prefix
                 used = int(positions[-1]) + 1
-                return self.k.read(slice(0, used)), self.v.read(slice(0, used)), self.pos[:used]
-            return self.k.read(), self.v.read(), self.pos
+                return self.k.view(slice(0, used)), self.v.view(slice(0, used)), self.pos[:used]
+            return self.k.view(), self.v.view(), self.pos
         old = np.flatnonzero(self.pos >= 0)
-        keys = np.concatenate([self.k.read(old), k.transpose(1, 0, 2)], axis=1)
-        values = np.concatenate([self.v.read(old), v.transpose(1, 0, 2)], axis=1)
+        keys = np.concatenate([self.k.view(old), self.k.as_stored(k.transpose(1, 0, 2))], axis=1)
+        values = np.concatenate([self.v.view(old), self.v.as_stored(v.transpose(1, 0, 2))], axis=1)
         key_pos = np.concatenate([self.pos[old], positions])
         self._store(k, v, positions)
         return keys, values, key_pos
@@ -156,7 +173,7 @@ class KVCache:
     tokens (a chat's /regen) and still hold each window; llama.cpp keeps n_swa + n_ubatch cells.
     """
 
-    def __init__(self, hp, n_ctx: int, kv_type: str = "f32", swa_margin: int = 0):
+    def __init__(self, hp, n_ctx: int, kv_type: str = "f16", swa_margin: int = 0):
         if kv_type not in KV_TYPES:
             raise EdgeLLMError(f"KV cache type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         self.hp, self.n_ctx, self.kv_type, self.swa_margin = hp, n_ctx, kv_type, swa_margin

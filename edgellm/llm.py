@@ -66,7 +66,7 @@ class GenerationStats:
 
 class LLM:
     def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
-                 kv_type: str = "f32"):
+                 kv_type: str = "f16"):
         self.path = os.fspath(path) if path is not None else os.fspath(default_model_path())
         self.gguf = GGUFFile(self.path)
         arch = self.gguf.architecture
@@ -261,6 +261,6 @@ class LLM:
 
 
 def load(path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
-         kv_type: str = "f32") -> LLM:
-    """Open a GGUF model (None: the bundled default model). kv_type: f32, f16 or q8_0."""
+         kv_type: str = "f16") -> LLM:
+    """Open a GGUF model (None: the bundled default model). kv_type: f16 (default), f32 or q8_0."""
     return LLM(path, threads=threads, ctx=ctx, kv_type=kv_type)

@@ -1,14 +1,25 @@
-"""Decode attention over a KV cache, split by keys (flash-decoding): a work item (jobs.ATTEND)
-takes one query, one KV head and one chunk of cache slots, and computes the chunk's partial
-softmax for every query head of that KV head's group, so each K and V row is read once per
-group and a long cache spreads over all threads. combine_parts merges the chunks."""
+"""Decode attention over a KV cache, split by keys (flash-decoding).
+
+A work item takes one query, one KV head and one chunk of cache slots, for every query head of
+that KV head's group, so each K and V row is read once per group and a long cache spreads over
+all threads. attend_scores runs on each item (the chunk's scores, its max and its sum of
+exponentials); normalize_parts then gives each chunk the factor that turns its exponentials into
+probabilities; attend_values runs on each item (probabilities times V, per chunk); combine_parts
+adds the chunks up. For the f16 cache (the default; K and V as uint16 bit patterns, read as
+stored) the two passes are the team jobs ATTEND and ATTEND_V; float32 K and V (the f32 and q8_0
+caches) take attend_serial, the same passes on the calling thread.
+
+With f16 K and V the arithmetic is llama.cpp's (no flash attention): the query is rounded to f16
+before its dot with the keys (by the caller), and the probabilities are rounded to f16 before
+they multiply V, which is why they are normalized before that product rather than after it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from .simd import exp_inplace
+from .simd import exp_inplace, round_f16, to_f32
 
 # A chunk whose max is this far below the overall max weighs less than float32 resolution: it
 # is skipped (exp_inplace makes such scores 0 within a chunk).
@@ -17,14 +28,14 @@ CHUNK = 256  # cache slots per work item: 2 items for a 512-slot sliding window
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
-def attend_part(q, k, v, p, k_pos, scale, window, s0, s1, scores, part_max, part_sum, part_acc):
+def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_sum):
     """Slots s0..s1 of one KV head against its group's queries q [g, hd], all at position p.
 
-    k [m, hd], v [m, hd_v]; k_pos int64 [m] (-1: empty slot). A slot is visible if
-    0 <= its position <= p and, with a window, p - position < window. For each query r:
-    part_max[r] = its largest visible scaled score (-inf if none), part_sum[r] = the sum of
-    e = exp(score - part_max[r]) and part_acc[r] [hd_v] = the sum of e * v over the chunk's
-    visible slots. scores: float32 [g, >= s1 - s0] scratch."""
+    k [m, hd] (float32, or uint16 f16 bits); k_pos int64 [m] (-1: empty slot). A slot is
+    visible if 0 <= its position <= p and, with a window, p - position < window. For each query
+    r: part_max[r] = its largest visible scaled score (-inf if none), scores[r, s - s0] = e =
+    exp(score - part_max[r]) (0 for a hidden slot) and part_sum[r] = the sum of the e.
+    scores: float32 [g, >= s1 - s0]."""
     g, hd = q.shape
     n = s1 - s0
     part_max[:] = -np.inf
@@ -38,7 +49,7 @@ def attend_part(q, k, v, p, k_pos, scale, window, s0, s1, scores, part_max, part
         for r in range(g):
             acc = np.float32(0.0)
             for j in range(hd):
-                acc += q[r, j] * key[j]
+                acc += q[r, j] * to_f32(key[j])
             scores[r, s - s0] = acc * scale
             part_max[r] = max(part_max[r], acc * scale)
     for r in range(g):  # e = exp(score - max), 16 at a time; hidden slots and negligible ones 0
@@ -49,36 +60,79 @@ def attend_part(q, k, v, p, k_pos, scale, window, s0, s1, scores, part_max, part
             row -= part_max[r]
             exp_inplace(row)
         part_sum[r] = row.sum()
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+def attend_values(v, s0, s1, scores, factor, part_acc, half):
+    """part_acc[r] [hd_v] = the sum over slots s0..s1 of probability * v[s], the probability
+    being attend_scores's e times factor[r] (normalize_parts), rounded to f16 if half.
+    v [m, hd_v] float32 or uint16 f16 bits."""
+    g = part_acc.shape[0]
     part_acc[:, :] = 0.0
     for s in range(s0, s1):
         value = v[s]
         for r in range(g):
             e = scores[r, s - s0]
             if e != 0.0:
+                prob = e * factor[r]
+                if half:
+                    prob = round_f16(prob)
                 for j in range(part_acc.shape[1]):
-                    part_acc[r, j] += e * value[j]
+                    part_acc[r, j] += prob * to_f32(value[j])
 
 
 @njit(cache=True, nogil=True)
-def combine_parts(part_max, part_sum, part_acc, out):
-    """out [n, n_kv * g, hd_v] = softmax(scores) @ v from attend_part's chunk partials
-    part_max, part_sum [n, n_kv, chunks, g] and part_acc [n, n_kv, chunks, g, hd_v]: each
-    chunk weighed by exp(its max - the overall max). A query that sees no slot gets zeros."""
+def normalize_parts(part_max, part_sum, factor):
+    """factor [n, n_kv, chunks, g] := exp(the chunk's max - the overall max) / the overall sum
+    of exponentials, from attend_scores's part_max and part_sum (same shape); 0 for a chunk
+    that is negligible or sees nothing."""
     n, n_kv, chunks, g = part_max.shape
+    for i in range(n):
+        for kv in range(n_kv):
+            for r in range(g):
+                best = -np.inf
+                for c in range(chunks):
+                    best = max(best, part_max[i, kv, c, r])
+                total = np.float32(0.0)
+                for c in range(chunks):
+                    w = np.float32(0.0)
+                    if best != -np.inf and part_max[i, kv, c, r] - best > NEGLIGIBLE:
+                        w = np.float32(np.exp(part_max[i, kv, c, r] - best))
+                    factor[i, kv, c, r] = w
+                    total += w * part_sum[i, kv, c, r]
+                for c in range(chunks):
+                    factor[i, kv, c, r] = factor[i, kv, c, r] / total if total > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def combine_parts(part_acc, out):
+    """out [n, n_kv * g, hd_v] = the sum over chunks of attend_values's part_acc [n, n_kv,
+    chunks, g, hd_v]. A query that sees no slot gets zeros."""
+    n, n_kv, chunks, g, _ = part_acc.shape
     for i in range(n):
         for kv in range(n_kv):
             for r in range(g):
                 row = out[i, kv * g + r]
                 row[:] = 0.0
-                best = -np.inf
                 for c in range(chunks):
-                    best = max(best, part_max[i, kv, c, r])
-                if best == -np.inf:
-                    continue
-                total = np.float32(0.0)
-                for c in range(chunks):
-                    if part_max[i, kv, c, r] - best > NEGLIGIBLE:
-                        w = np.float32(np.exp(part_max[i, kv, c, r] - best))
-                        total += w * part_sum[i, kv, c, r]
-                        row += w * part_acc[i, kv, c, r]
-                row /= total
+                    row += part_acc[i, kv, c, r]
+
+
+@njit(cache=True, nogil=True)
+def attend_serial(q, k, v, q_pos, k_pos, scale, window, chunk, scores, part_max, part_sum, factor, part_acc):
+    """Both passes and the normalization for float32 k [n_kv, m, hd], v [n_kv, m, hd_v] on this
+    thread; the arrays as the team jobs take them (nn._attention_few)."""
+    n, n_kv, n_chunks, g = part_max.shape
+    n_head, m = q.shape[1], k.shape[1]
+    for i in range(n):
+        for kv in range(n_kv):
+            for c in range(n_chunks):
+                s0, s1 = c * chunk, min(m, (c + 1) * chunk)
+                attend_scores(q[i, kv * g : (kv + 1) * g], k[kv], q_pos[i], k_pos, scale, window, s0, s1,
+                              scores[i, kv, c], part_max[i, kv, c], part_sum[i, kv, c])
+    normalize_parts(part_max, part_sum, factor)
+    for i in range(n):
+        for kv in range(n_kv):
+            for c in range(n_chunks):
+                attend_values(v[kv], c * chunk, min(m, (c + 1) * chunk), scores[i, kv, c], factor[i, kv, c],
+                              part_acc[i, kv, c], False)

@@ -18,8 +18,10 @@ a few x rows (decode): items are runs of consecutive rows of one weight.
 GEMM, the same for many x rows (prefill) of quantized weights, in 16-bit integers (gemm.py):
 items are runs of rows that start at multiples of gemm.GROUP_ROWS.
 
-ATTEND, decode attention of a few queries over a KV cache (attend.py): one item per (query, KV
-head, chunk of attend.CHUNK cache slots), writing that chunk's partial softmax.
+ATTEND and ATTEND_V, decode attention of a few queries over an f16 KV cache (attend.py), its
+scores and then its probabilities times V: one item per (query, KV head, chunk of attend.CHUNK
+cache slots), writing that chunk's partials. (Float32 caches take attend.attend_serial: a
+second copy of the kernels in serve cost 1.6 s of every first run's compile.)
 
 SPARSE, outs[w] = x @ W_w.T for a few x rows and up to GROUP 2:4 weights in the compact planes
 (sparse.py): items are runs of rows of one weight. SPARSE_GEMM, the same for many x rows in
@@ -35,14 +37,14 @@ import numpy as np
 from numba import carray, njit
 
 from .atomics import address_as_pointer
-from .attend import attend_part
+from .attend import attend_scores, attend_values
 from .gelu import gelu_mul_range
 from .gemm import gemm_rows
 from .matvec import matvec_rows
 from .sparse import gemm_sparse_rows, sparse_rows
 
 KIND, N_ITEMS = 0, 1
-MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM, GELU_MUL = 1, 2, 3, 4, 5, 6
+MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM, GELU_MUL, ATTEND_V = 1, 2, 3, 4, 5, 6, 7
 
 # MATVEC and GEMM fields (GEMM does not read MV_X)
 MV_N, MV_COLS, MV_X, MV_XQ, MV_XD, MV_XS32, MV_XS16, MV_F16, MV_WEIGHTS = range(2, 11)
@@ -58,16 +60,17 @@ DESC_SIZE = MV_W0 + MV_W_FIELDS * GROUP
 SP_Q8 = 11
 SW_INDEX, SW_SCALES = W_TYPE, 7
 
-# ATTEND fields: q [n, n_head, hd] (C order); k, v: n_kv heads of [m, hd] / [m, hd_v] rows, each
-# head K_STRIDE / V_STRIDE floats after the previous; q_pos [n], k_pos [m] int64; SCALE: a
-# float64's bits; CHUNK slots per item; per item (query, KV head, chunk), in item order, the
-# group's g = n_head / n_kv partials: PMAX, PSUM float32 [g], PACC float32 [g, hd_v], and
-# SCORES float32 [g, CHUNK] scratch.
+# ATTEND and ATTEND_V fields: q [n, n_head, hd] (C order); k, v: n_kv heads of [m, hd] /
+# [m, hd_v] f16 rows (uint16 bits: the f16 cache), each head K_STRIDE / V_STRIDE values after
+# the previous; q_pos [n], k_pos [m] int64; SCALE: a float64's bits; CHUNK slots per item; per
+# item (query, KV head, chunk), in item order, the group's g = n_head / n_kv partials: PMAX,
+# PSUM, FACTOR float32 [g], PACC float32 [g, hd_v], and SCORES float32 [g, CHUNK].
 (AT_N, AT_HEADS, AT_HD, AT_HD_V, AT_KV_HEADS, AT_M, AT_Q, AT_K, AT_V, AT_K_STRIDE, AT_V_STRIDE,
- AT_QPOS, AT_KPOS, AT_SCORES, AT_SCALE, AT_WINDOW, AT_CHUNK, AT_PMAX, AT_PSUM, AT_PACC) = range(2, 22)
+ AT_QPOS, AT_KPOS, AT_SCORES, AT_SCALE, AT_WINDOW, AT_CHUNK, AT_PMAX, AT_PSUM, AT_PACC,
+ AT_FACTOR) = range(2, 23)
 
-# GELU_MUL fields: N values of g, u, out (float32, contiguous)
-GE_N, GE_G, GE_U, GE_OUT = range(2, 6)
+# GELU_MUL fields: N values of g, u, out (float32, contiguous); TABLE: gelu.gelu_table()
+GE_N, GE_G, GE_U, GE_OUT, GE_TABLE = range(2, 7)
 GELU_ITEM = 16 << 10  # values per item: 64 KB of each array
 
 
@@ -107,19 +110,25 @@ def weights_item(desc, item):
 
 @njit(cache=True, nogil=True, inline="always")
 def attend_item(desc, item):
+    """One ATTEND or ATTEND_V item over an f16 cache (K and V as uint16 bits)."""
     n_head, hd, hd_v, m = desc[AT_HEADS], desc[AT_HD], desc[AT_HD_V], desc[AT_M]
     n_kv, chunk = desc[AT_KV_HEADS], desc[AT_CHUNK]
     g, n_chunks = n_head // n_kv, -(-m // chunk)
     i, kv, c = item // (n_kv * n_chunks), (item // n_chunks) % n_kv, item % n_chunks
-    q = _f32(desc[AT_Q] + 4 * (i * n_head + kv * g) * hd, (g, hd))
-    k = _f32(desc[AT_K] + 4 * kv * desc[AT_K_STRIDE], (m, hd))
-    v = _f32(desc[AT_V] + 4 * kv * desc[AT_V_STRIDE], (m, hd_v))
-    q_pos = carray(address_as_pointer(desc[AT_QPOS], np.int64), (desc[AT_N],))
-    k_pos = carray(address_as_pointer(desc[AT_KPOS], np.int64), (m,))
-    scale = desc[AT_SCALE:AT_SCALE + 1].view(np.float64)[0]
-    attend_part(q, k, v, q_pos[i], k_pos, np.float32(scale), desc[AT_WINDOW], c * chunk, min(m, (c + 1) * chunk),
-                _f32(desc[AT_SCORES] + 4 * item * g * chunk, (g, chunk)), _f32(desc[AT_PMAX] + 4 * item * g, (g,)),
-                _f32(desc[AT_PSUM] + 4 * item * g, (g,)), _f32(desc[AT_PACC] + 4 * item * g * hd_v, (g, hd_v)))
+    s0, s1 = c * chunk, min(m, (c + 1) * chunk)
+    scores = _f32(desc[AT_SCORES] + 4 * item * g * chunk, (g, chunk))
+    if desc[KIND] == ATTEND:
+        q = _f32(desc[AT_Q] + 4 * (i * n_head + kv * g) * hd, (g, hd))
+        keys = carray(address_as_pointer(desc[AT_K] + 2 * kv * desc[AT_K_STRIDE], np.uint16), (m, hd))
+        q_pos = carray(address_as_pointer(desc[AT_QPOS], np.int64), (desc[AT_N],))
+        k_pos = carray(address_as_pointer(desc[AT_KPOS], np.int64), (m,))
+        scale = desc[AT_SCALE:AT_SCALE + 1].view(np.float64)[0]
+        attend_scores(q, keys, q_pos[i], k_pos, np.float32(scale), desc[AT_WINDOW], s0, s1, scores,
+                      _f32(desc[AT_PMAX] + 4 * item * g, (g,)), _f32(desc[AT_PSUM] + 4 * item * g, (g,)))
+    else:
+        values = carray(address_as_pointer(desc[AT_V] + 2 * kv * desc[AT_V_STRIDE], np.uint16), (m, hd_v))
+        attend_values(values, s0, s1, scores, _f32(desc[AT_FACTOR] + 4 * item * g, (g,)),
+                      _f32(desc[AT_PACC] + 4 * item * g * hd_v, (g, hd_v)), True)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -146,15 +155,15 @@ def sparse_item(desc, item):
 @njit(cache=True, nogil=True, inline="always")
 def gelu_item(desc, item):
     n = desc[GE_N]
-    gelu_mul_range(_f32(desc[GE_G], (n,)), _f32(desc[GE_U], (n,)), _f32(desc[GE_OUT], (n,)),
-                   item * GELU_ITEM, min(n, (item + 1) * GELU_ITEM))
+    gelu_mul_range(_f32(desc[GE_G], (n,)), _f32(desc[GE_U], (n,)), _f32(desc[GE_TABLE], (1 << 16,)),
+                   _f32(desc[GE_OUT], (n,)), item * GELU_ITEM, min(n, (item + 1) * GELU_ITEM))
 
 
 @njit(cache=True, nogil=True, inline="always")
 def run_item(desc, item):
     if desc[KIND] == MATVEC or desc[KIND] == GEMM:
         weights_item(desc, item)
-    elif desc[KIND] == ATTEND:
+    elif desc[KIND] == ATTEND or desc[KIND] == ATTEND_V:
         attend_item(desc, item)
     elif desc[KIND] == SPARSE or desc[KIND] == SPARSE_GEMM:
         sparse_item(desc, item)

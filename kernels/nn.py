@@ -12,10 +12,10 @@ import numpy as np
 from numba import njit
 
 from . import jobs
-from .attend import CHUNK, combine_parts
+from .attend import CHUNK, attend_serial, combine_parts, normalize_parts
 from .dispatch import current_team, parallel_map
-from .gelu import gelu_mul_range
-from .simd import exp_inplace
+from .gelu import gelu_mul_range, gelu_table
+from .simd import exp_inplace, f16_bits, round_f16
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
 ROPE_NEOX = 2  # rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3
@@ -58,33 +58,36 @@ def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """gelu_tanh(gate) * up in one pass (Gemma's GEGLU, ggml_geglu)."""
+    """gelu_tanh(gate) * up in one pass (Gemma's GEGLU, ggml_geglu), through ggml's f16 table
+    (gelu.py)."""
     g = np.ascontiguousarray(gate, dtype=np.float32).reshape(-1)
     u = np.ascontiguousarray(up, dtype=np.float32).reshape(-1)
     out = np.empty_like(g)
     if g.size <= SERIAL_ELEMENTS:
-        _gelu_mul(g, u, out)
+        _gelu_mul(g, u, _GELU, out)
     else:  # a team job: numba's OpenMP threads would share the cores with the team's spinning ones
         t = current_team()
         with t.lock:
-            _fill_gelu_mul(t.desc, g, u, out)
+            _fill_gelu_mul(t.desc, g, u, _GELU, out)
             t.run()
     return out.reshape(gate.shape)
 
 
 SERIAL_ELEMENTS = 1 << 16  # up to this many values (a decode step), on this thread
+_GELU = gelu_table()
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _gelu_mul(g, u, out):
-    gelu_mul_range(g, u, out, 0, g.shape[0])
+def _gelu_mul(g, u, table, out):
+    gelu_mul_range(g, u, table, out, 0, g.shape[0])
 
 
 @njit(cache=True, nogil=True)
-def _fill_gelu_mul(desc, g, u, out):
+def _fill_gelu_mul(desc, g, u, table, out):
     n = g.shape[0]
     desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.GELU_MUL, -(-n // jobs.GELU_ITEM)
     desc[jobs.GE_N], desc[jobs.GE_G], desc[jobs.GE_U], desc[jobs.GE_OUT] = n, g.ctypes.data, u.ctypes.data, out.ctypes.data
+    desc[jobs.GE_TABLE] = table.ctypes.data
 
 
 def rope_tables(
@@ -150,6 +153,35 @@ def _rope(x, cos, sin, neox):
                     v[2 * j], v[2 * j + 1] = a * c[j] - b * s[j], b * c[j] + a * s[j]
 
 
+def to_f16(x: np.ndarray) -> np.ndarray:
+    """x as a new float16 array (to nearest, ties to even), through the CPU's converter: numpy's
+    own cast is scalar code, ~8x slower (a 512-token prompt's K and V, 18 layers: ~7 ms)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(x.shape, np.float16)
+    _to_f16(x.reshape(-1), out.reshape(-1).view(np.uint16))
+    return out
+
+
+def f16_rounded(x: np.ndarray) -> np.ndarray:
+    """x rounded to f16, as a new float32 array."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _round_f16(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _to_f16(x, out):
+    for i in range(x.shape[0]):
+        out[i] = f16_bits(x[i])
+
+
+@njit(cache=True, nogil=True)
+def _round_f16(x, out):
+    for i in range(x.shape[0]):
+        out[i] = round_f16(x[i])
+
+
 FEW_QUERIES = 8  # up to this many queries (decode), attention runs as a Numba loop
 
 
@@ -165,13 +197,23 @@ def attention(
     in blocks so that the score matrix stays small for long prompts; blocks of 64 rather than
     128 skip more of the causal triangle and balance 2 threads better (one Gemma-3 layer, 512
     tokens: 4.7 ms instead of 5.3).
+
+    k and v are float32 or float16 (the f16 cache as stored). With float16 ones the arithmetic
+    is llama.cpp's without flash attention: q rounded to f16 before the dot with the keys, the
+    probabilities rounded to f16 before they multiply V, everything else in float32.
     """
+    half = k.dtype == np.float16 and v.dtype == np.float16
+    if not half:
+        k, v = k.astype(np.float32, copy=False), v.astype(np.float32, copy=False)
     if q.shape[0] <= FEW_QUERIES:
-        return _attention_few(q, k, v, q_pos, k_pos, scale, window)
+        return _attention_few(q, k, v, q_pos, k_pos, scale, window, half)
     n, n_head, hd = q.shape
     n_kv, m, hd_v = v.shape
     group = n_head // n_kv
     out = np.empty((n, n_head, hd_v), dtype=np.float32)
+    if half:  # q rounded as llama.cpp rounds it; K and V widened once for BLAS
+        q = f16_rounded(q)
+        k, v = k.astype(np.float32), v.astype(np.float32)
 
     # Keys in position order (a prompt, a full layer's cache): a query block reads only the keys
     # it can see, half of them on average for a causal prompt, not all m.
@@ -193,7 +235,7 @@ def attention(
         # one 2-D product per KV head: [(nq * group), hd] @ [hd, hi - lo]
         qh = np.ascontiguousarray(q[q0:q1, heads, :]).reshape(-1, hd)
         scores = qh @ k[h, lo:hi].T
-        _softmax_rows(scores, q_pos[q0:q1], k_pos[lo:hi], np.float32(scale), window, group)
+        _softmax_rows(scores, q_pos[q0:q1], k_pos[lo:hi], np.float32(scale), window, group, half)
         out[q0:q1, heads, :] = (scores @ v[h, lo:hi]).reshape(q1 - q0, group, hd_v)
 
     # blocks of queries x KV heads, spread over the kernels' threads (numpy drops the GIL)
@@ -202,9 +244,10 @@ def attention(
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _softmax_rows(scores, q_pos, k_pos, scale, window, group):
+def _softmax_rows(scores, q_pos, k_pos, scale, window, group, half):
     """In place: each row of scores [len(q_pos) * group, m] (row i: query i // group against the
-    keys at k_pos) becomes softmax(scale * row) over the keys that query sees."""
+    keys at k_pos) becomes softmax(scale * row) over the keys that query sees, rounded to f16
+    if half."""
     for i in range(scores.shape[0]):
         p = q_pos[i // group]
         row = scores[i]
@@ -223,45 +266,59 @@ def _softmax_rows(scores, q_pos, k_pos, scale, window, group):
         for s in range(row.shape[0]):
             total += row[s]
         inv = np.float32(1.0) / total
-        for s in range(row.shape[0]):
-            row[s] *= inv
+        if half:
+            for s in range(row.shape[0]):
+                row[s] = round_f16(row[s] * inv)
+        else:
+            for s in range(row.shape[0]):
+                row[s] *= inv
 
 
-def _attention_few(q, k, v, q_pos, k_pos, scale, window) -> np.ndarray:
-    """attention() for a few queries (decode): one team job, an item per (query, KV head, chunk
-    of cache slots), whose partial softmaxes are then combined (attend.py)."""
-    q = np.ascontiguousarray(q, dtype=np.float32)
+def _attention_few(q, k, v, q_pos, k_pos, scale, window, half) -> np.ndarray:
+    """attention() for a few queries (decode): over items per (query, KV head, chunk of cache
+    slots), scores then probabilities times V (attend.py), the chunks' partials then added up.
+    An f16 k, v (half) are two team jobs on their bits; float32 ones attend_serial."""
+    q = f16_rounded(q) if half else np.ascontiguousarray(q, dtype=np.float32)
     n, n_head, _ = q.shape
     n_kv, m, hd_v = v.shape
     out = np.empty((n, n_head, hd_v), np.float32)
-    if k.strides[1:] != (4 * k.shape[2], 4) or k.dtype != np.float32:
-        k = np.ascontiguousarray(k, dtype=np.float32)
-    if v.strides[1:] != (4 * v.shape[2], 4) or v.dtype != np.float32:
-        v = np.ascontiguousarray(v, dtype=np.float32)
+    if k.strides[1:] != (k.itemsize * k.shape[2], k.itemsize):
+        k = np.ascontiguousarray(k)
+    if v.strides[1:] != (v.itemsize * v.shape[2], v.itemsize):
+        v = np.ascontiguousarray(v)
     chunk = min(CHUNK, m)
     parts = (n, n_kv, -(-m // chunk), n_head // n_kv)
-    part_max, part_sum = np.empty(parts, np.float32), np.empty(parts, np.float32)
+    part_max, part_sum, factor = np.empty(parts, np.float32), np.empty(parts, np.float32), np.empty(parts, np.float32)
     part_acc = np.empty(parts + (hd_v,), np.float32)
     scores = np.empty(parts + (chunk,), np.float32)
-    t = current_team()
-    with t.lock:
-        _fill_attend(t.desc, q, k, v, np.ascontiguousarray(q_pos, dtype=np.int64),
-                     np.ascontiguousarray(k_pos, dtype=np.int64), scale, window, chunk, scores,
-                     part_max, part_sum, part_acc)
-        t.run()
-    combine_parts(part_max, part_sum, part_acc, out)
+    q_pos, k_pos = np.ascontiguousarray(q_pos, dtype=np.int64), np.ascontiguousarray(k_pos, dtype=np.int64)
+    if half:
+        t = current_team()
+        with t.lock:
+            _fill_attend(t.desc, q, k.view(np.uint16), v.view(np.uint16), q_pos, k_pos, scale, window, chunk,
+                         scores, part_max, part_sum, factor, part_acc)
+            t.run()
+            normalize_parts(part_max, part_sum, factor)
+            t.desc[jobs.KIND] = jobs.ATTEND_V
+            t.run()
+    else:
+        attend_serial(q, k, v, q_pos, k_pos, np.float32(scale), window, chunk, scores, part_max, part_sum,
+                      factor, part_acc)
+    combine_parts(part_acc, out)
     return out.reshape(n, -1)
 
 
 @njit(cache=True, nogil=True)
-def _fill_attend(desc, q, k, v, q_pos, k_pos, scale, window, chunk, scores, part_max, part_sum, part_acc):
+def _fill_attend(desc, q, k, v, q_pos, k_pos, scale, window, chunk, scores, part_max, part_sum, factor,
+                 part_acc):
     n, n_head, hd = q.shape
     desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.ATTEND, part_max.size // part_max.shape[3]
     desc[jobs.AT_N], desc[jobs.AT_HEADS], desc[jobs.AT_HD], desc[jobs.AT_HD_V] = n, n_head, hd, v.shape[2]
     desc[jobs.AT_KV_HEADS], desc[jobs.AT_M] = k.shape[0], k.shape[1]
     desc[jobs.AT_Q], desc[jobs.AT_K], desc[jobs.AT_V] = q.ctypes.data, k.ctypes.data, v.ctypes.data
-    desc[jobs.AT_K_STRIDE], desc[jobs.AT_V_STRIDE] = k.strides[0] // 4, v.strides[0] // 4
+    desc[jobs.AT_K_STRIDE], desc[jobs.AT_V_STRIDE] = k.strides[0] // 2, v.strides[0] // 2
     desc[jobs.AT_QPOS], desc[jobs.AT_KPOS] = q_pos.ctypes.data, k_pos.ctypes.data
     desc[jobs.AT_SCORES], desc[jobs.AT_WINDOW], desc[jobs.AT_CHUNK] = scores.ctypes.data, window, chunk
     desc[jobs.AT_PMAX], desc[jobs.AT_PSUM], desc[jobs.AT_PACC] = part_max.ctypes.data, part_sum.ctypes.data, part_acc.ctypes.data
+    desc[jobs.AT_FACTOR] = factor.ctypes.data
     desc[jobs.AT_SCALE:jobs.AT_SCALE + 1].view(np.float64)[0] = scale

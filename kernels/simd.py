@@ -687,6 +687,47 @@ def quantize_row_8k(typingctx, x, xq, xd, xs32, xs16):
     return sig, codegen
 
 
+# --- f16 scalars ---------------------------------------------------------------------------------
+@intrinsic
+def to_f32(typingctx, value):
+    """A float32 from an f16 bit pattern (uint16) or a float32 (itself): one source for loops
+    over f16 and float32 arrays. LLVM turns the f16 loads of a vectorized loop into the CPU's
+    converter (F16C's vcvtph2ps, NEON's fcvtl)."""
+    if value == types.float32:
+        return types.float32(value), lambda context, builder, sig, args: args[0]
+    if value != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), F32)
+
+    return types.float32(value), codegen
+
+
+@intrinsic
+def round_f16(typingctx, value):
+    """A float32 rounded to the nearest f16 (to nearest, ties to even) and back."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), F32)
+
+    return types.float32(value), codegen
+
+
+@intrinsic
+def f16_bits(typingctx, value):
+    """The f16 bit pattern (uint16) nearest a float32 (to nearest, ties to even)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), I16)
+
+    return types.uint16(value), codegen
+
+
 # --- exp over arrays -----------------------------------------------------------------------------
 EXP_LANES = 16
 # e^x = 2^n * e^r with n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in two parts,

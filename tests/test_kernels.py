@@ -336,11 +336,13 @@ def test_kernels_load_from_the_disk_cache_in_a_new_process(tensors):
     assert result.stdout.strip() == "0"
 
 
-def _attention_reference(q, k, v, q_pos, k_pos, scale, window):
-    """float64 softmax attention, one query and head at a time."""
+def _attention_reference(q, k, v, q_pos, k_pos, scale, window, half=False):
+    """float64 softmax attention, one query and head at a time; half: llama.cpp's roundings for
+    an f16 cache (q rounded to f16 before the dot, the probabilities before they multiply V)."""
     n, n_head, _ = q.shape
     group = n_head // k.shape[0]
     out = np.zeros((n, n_head, v.shape[2]))
+    q = (q.astype(np.float16) if half else q).astype(np.float64)
     for i in range(n):
         seen = (k_pos >= 0) & (k_pos <= q_pos[i])
         if window:
@@ -349,57 +351,73 @@ def _attention_reference(q, k, v, q_pos, k_pos, scale, window):
             if seen.any():
                 s = (k[h // group][seen].astype(np.float64) @ q[i, h]) * scale
                 w = np.exp(s - s.max())
-                out[i, h] = w / w.sum() @ v[h // group][seen]
+                w /= w.sum()
+                if half:
+                    w = w.astype(np.float16).astype(np.float64)
+                out[i, h] = w @ v[h // group][seen].astype(np.float64)
     return out.reshape(n, -1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("n_head,n_kv", [(4, 1), (8, 2), (2, 2)])
 @pytest.mark.parametrize("window", [0, 5, 400])
 @pytest.mark.parametrize("m", [23, 700])
-def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head, n_kv, window, m):
-    """attention() for <= FEW_QUERIES queries (a team job, one item per query x KV head x chunk
+def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head, n_kv, window, m, dtype):
+    """attention() for <= FEW_QUERIES queries (team jobs, one item per query x KV head x chunk
     of slots, the chunks combined) gives what the blocked prefill path and a float64 reference
     give: GQA groups, a sliding window, empty (-1) and ring-ordered cache slots, caches of one
-    chunk and of several (700 slots: 3 chunks, some of them hidden from a query entirely)."""
+    chunk and of several (700 slots: 3 chunks, some of them hidden from a query entirely).
+    An f16 cache (K and V float16, as stored) gets llama.cpp's roundings in both paths: the
+    reference without them is 1.6e-4 or more away on every case, with them under 1e-5 (a
+    probability next to an f16 rounding midpoint may go either way)."""
     from edgellm.kernels.attend import CHUNK
     from edgellm.kernels.nn import FEW_QUERIES, attention
 
     assert 2 * CHUNK < 700
     rng = np.random.default_rng(n_head * 10 + n_kv + window + m)
     hd = 16
-    k = rng.standard_normal((n_kv, m, hd)).astype(np.float32)
-    v = rng.standard_normal((n_kv, m, hd)).astype(np.float32)
+    k = rng.standard_normal((n_kv, m, hd)).astype(dtype)
+    v = rng.standard_normal((n_kv, m, hd)).astype(dtype)
     k_pos = np.arange(m, dtype=np.int64)
     k_pos = np.roll(k_pos, 7)  # a ring buffer that has wrapped
     k_pos[[2, 11]] = -1  # empty slots
     n = 3
     q = rng.standard_normal((n, n_head, hd)).astype(np.float32)
     q_pos = np.array([9, 15, m - 1], dtype=np.int64)
+    half = dtype == np.float16
+    tol = dict(rtol=0, atol=2e-5) if half else dict(rtol=2e-5, atol=2e-6)
     got = attention(q, k, v, q_pos, k_pos, 0.25, window)
-    want = _attention_reference(q, k, v, q_pos, k_pos, 0.25, window)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    want = _attention_reference(q, k, v, q_pos, k_pos, 0.25, window, half)
+    np.testing.assert_allclose(got, want, **tol)
     # the same queries among more than FEW_QUERIES go through the blocked (numpy) path
     many = np.concatenate([q] * (FEW_QUERIES // n + 1))
     many_pos = np.concatenate([q_pos] * (FEW_QUERIES // n + 1))
     blocked = attention(many, k, v, many_pos, k_pos, 0.25, window)[:n]
-    np.testing.assert_allclose(got, blocked, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got, blocked, **tol)
 
 
-def test_gelu_mul_matches_float64_and_the_team_job_matches_the_serial_loop():
-    """gelu_tanh(g) * u: the rational tanh within float32 rounding of float64 math, including
-    the clamp region; a prefill-sized array (a team job) gives the serial loop's bits."""
+def test_gelu_mul_is_ggmls_f16_table_and_the_team_job_matches_the_serial_loop():
+    """gelu_tanh(g) * u as ggml computes it: g rounded to f16, its GELU rounded to f16 (0 at or
+    below -10, g itself at or above 10), times u in float32; a prefill-sized array (a team job)
+    gives the serial loop's bits."""
     from edgellm.kernels.nn import SERIAL_ELEMENTS, gelu_mul
 
     rng = np.random.default_rng(7)
     n = 3 * SERIAL_ELEMENTS + 123  # several team items and a ragged last one
     g = (rng.standard_normal(n) * 4).astype(np.float32)
-    g[:6] = [0.0, -0.0, 20.0, -20.0, 1e-30, -9.0]
+    g[:8] = [0.0, -0.0, 20.0, -20.0, 1e-30, -9.0, 10.0, -10.0]
     u = rng.standard_normal(n).astype(np.float32)
     got = gelu_mul(g, u)
-    x = g.astype(np.float64)
-    want = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))) * u
-    # atol: 1 + tanh(v) cancels in float32 on the far negative side, as in ggml
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-6)
+    x = g.astype(np.float16).astype(np.float32)
+    c, a = np.float32(np.sqrt(2 / np.pi)), np.float32(0.044715)
+    gelu = np.float32(0.5) * x * (np.float32(1) + np.tanh(c * x * (np.float32(1) + a * x * x)))  # ggml_gelu_f32
+    table = np.where(g <= -10, 0, np.where(g >= 10, g, gelu.astype(np.float16).astype(np.float32)))
+    np.testing.assert_array_equal(got, table * u)
+    # near float64 math on the exact input: the two f16 roundings (input, output) move it by up
+    # to ~0.4%; atol: 1 + tanh(v) cancels in float32 on the far negative side, in ggml as here
+    x64 = g.astype(np.float64)
+    exact = 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3))) * u
+    np.testing.assert_allclose(got, exact, rtol=5e-3, atol=5e-6)
     serial = np.concatenate([gelu_mul(g[i:i + SERIAL_ELEMENTS], u[i:i + SERIAL_ELEMENTS])
                              for i in range(0, n, SERIAL_ELEMENTS)])
     assert np.array_equal(got, serial)

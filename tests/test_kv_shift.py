@@ -32,7 +32,7 @@ def _shifted_and_fresh(llm, ids, next_token):
 def test_shift_equals_fresh_evaluation_at_new_positions(tmp_path, arch):
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, n_layer=1, window=8 if arch == "gemma3" else 0,
                             swa_pattern=2)
-    llm = edgellm.load(path, threads=1, ctx=48)
+    llm = edgellm.load(path, threads=1, ctx=48, kv_type="f32")
     ids = np.random.default_rng(0).integers(0, 64, 40)
     shifted, fresh = _shifted_and_fresh(llm, ids, next_token=7)
     # float32 arithmetic; rotating by p then by -18 is one rotation by p - 18 up to rounding
@@ -49,7 +49,7 @@ def test_shift_with_quantized_storage(tmp_path, kv_type, tol):
 
 
 def test_shift_moves_first_layer_keys_of_the_real_model(model_path, reference):
-    llm = edgellm.load(model_path, threads=None, ctx=64)
+    llm = edgellm.load(model_path, threads=None, ctx=64, kv_type="f32")
     ids = np.asarray(reference["teacher"][0]["ids"][:60])
     llm.logits(ids)
     llm.shift_context(N_KEEP, N_DISCARD)

@@ -117,7 +117,7 @@ class ChatApp(App):
             self.n_keep, self.n_discard = n_keep, n_discard
 
     def __init__(self, model: str | None = None, llm=None, system: str | None = None, ctx: int = 4096,
-                 threads: int | None = None, kv_type: str = "f32", params: SamplingParams | None = None,
+                 threads: int | None = None, kv_type: str = "f16", params: SamplingParams | None = None,
                  max_tokens: int | None = None, cursor_blink: bool = True):
         super().__init__()
         self.model_path, self.llm = model, llm
