@@ -98,6 +98,32 @@ def test_both_row_kernels_equal_the_dense_kernels(qtype, kernel, n_cols):
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.skipif(not sparse_kernels.HAS_VBMI, reason="the AVX-512 VBMI kernel")
+@pytest.mark.parametrize("q8", [False, True], ids=["q4", "q8"])
+def test_the_vbmi_row_kernel_stays_on_256_bit_registers(q8):
+    """The pick of kept x codes is a ymm vpermi2b: LLVM fused it with its two loads into a zmm
+    vpermb, and on Intel one 512-bit instruction in flight takes port 1 from all the others
+    (the 2:4 rows then ran 1.1x the dense ones instead of 1.3-1.4x). Compiled afresh: cached
+    code cannot be read."""
+    import re
+
+    import numba
+
+    from edgellm.kernels.matvec import f16_table, quantize_x
+
+    rows = sparse_kernels.sparse_rows_q8 if q8 else sparse_kernels.sparse_rows_q4
+    call = numba.njit(lambda v, i, s, xq, xd, f16, out: rows(v, i, s, xq, xd, f16, out, 0, out.shape[1]))
+    w = sparse.from_twin("w", pruned_twin(4, 512, Q.Q8_0 if q8 else Q.Q4_0), Q.Q8_0 if q8 else Q.Q4_0, 512)
+    x = RNG.standard_normal((1, 512)).astype(np.float32)
+    call(w.values, w.index, w.scales, *quantize_x(x)[:2], f16_table(), np.empty((1, 4), np.float32))
+    asm = call.inspect_asm(call.signatures[0])
+    from edgellm.kernels.simd import VNNI
+
+    dot = "vpdpbusd" if VNNI else "vpmaddubsw"
+    assert re.search(r"\bvpermi2b\s+%ymm", asm) and re.search(rf"\b{dot}\s+[^\n]*%ymm", asm)
+    assert "%zmm" not in asm
+
+
 def test_a_group_with_three_non_zeros_cannot_be_packed():
     w = prune_magnitude(RNG.standard_normal((4, 64)).astype(np.float32), 2, 4)
     w[2, 5:8] = 1.0  # group 1 of row 2 now holds three
