@@ -365,14 +365,16 @@ def _k4(qs_at, qh_at=None):
 
 
 def _k4_fields(e, base):
-    """Q4_K / Q5_K: (scales, offsets) <8 x float> of the block's 8 sub-blocks, d * sc_s and
+    """Q4_K / Q5_K: (scales, offsets) [<8 x float>] of the block's 8 sub-blocks, d * sc_s and
     -dmin * m_s, from the 12 packed bytes at 4 in one pass of vector integer code (the decode
     dot's, where _scale_min_k4 per sub-block was ~12 scalar instructions each)."""
     b = e.b
-    raw = b.zext(e.bytes_at(base, 4, 16), vec(I32, 16))  # the 12 scale bytes (+ 4 of qs)
+    # the 12 scale bytes (+ 4 of qs) as two 8-lane halves: one 16-lane vector would be a zmm
+    # register, and on Intel a 512-bit instruction in flight takes port 1 from all the others
+    lo8, hi8 = b.zext(e.bytes_at(base, 4, 8), vec(I32, 8)), b.zext(e.bytes_at(base, 12, 8), vec(I32, 8))
 
     def pick(idx):
-        return b.shuffle_vector(raw, raw, e.const(I32, 8, idx))
+        return b.shuffle_vector(lo8, hi8, e.const(I32, 8, idx))
 
     low = b.icmp_unsigned("<", e.const(I32, 8, list(range(8))), e.const(I32, 8, 4))
     c63, c15, c4, c6 = (e.const(I32, 8, k) for k in (63, 15, 4, 6))
@@ -381,14 +383,15 @@ def _k4_fields(e, base):
     sc = b.select(low, b.and_(p_sc, c63), b.or_(b.and_(p_sc, c15), b.shl(b.lshr(q_sc, c6), c4)))
     m = b.select(low, b.and_(p_m, c63), b.or_(b.lshr(p_m, c4), b.shl(b.lshr(q_m, c6), c4)))
     d, dmin = e.half_at(base, 0), e.half_at(base, 2)
-    return e.fmul(e.splat(d, 8), e.to_float(sc)), e.fmul(e.splat(b.fneg(dmin), 8), e.to_float(m))
+    return [e.fmul(e.splat(d, 8), e.to_float(sc))], [e.fmul(e.splat(b.fneg(dmin), 8), e.to_float(m))]
 
 
 def _q6_k_fields(e, base):
-    """Q6_K: (scales, offsets) <16 x float> of the block's 16 sub-blocks of 16 values, d * sc
-    and -32 d * sc (sc the int8 scales at 192)."""
-    scales = e.fmul(e.splat(e.half_at(base, 208), 16), e.to_float(e.bytes_at(base, 192, 16)))
-    return scales, e.fmul(scales, e.const(F32, 16, -32.0))
+    """Q6_K: (scales, offsets) of the block's 16 sub-blocks of 16 values, d * sc and -32 d * sc
+    (sc the int8 scales at 192), each as two <8 x float> halves (not one zmm: _k4_fields)."""
+    d = e.splat(e.half_at(base, 208), 8)
+    scales = [e.fmul(d, e.to_float(e.bytes_at(base, 192 + 8 * h, 8))) for h in range(2)]
+    return scales, [e.fmul(sc, e.const(F32, 8, -32.0)) for sc in scales]
 
 
 def _q6_k(e, base):
@@ -421,8 +424,9 @@ class QuantType:
     block_bytes: int
     subs: object
     halves: bool = False
-    fields: object = None  # fields(e, base): every Sub's scale and offset as two float vectors
-    # (one per 32 values, or per 16 with halves) for the decode dot, instead of scalars
+    fields: object = None  # fields(e, base): every Sub's scale and offset as two lists of
+    # <8 x float> (one value per 32 values, or per 16 with halves) for the decode dot, instead
+    # of scalars
 
 
 QUANT_TYPES = {
@@ -465,7 +469,7 @@ def _dot_quant(e, qt: QuantType, n_cols):
     accs = [cgutils.alloca_once_value(builder, e.const(F32, ILANES, 0.0)) for _ in range(2)]
     offs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(2)]
     n_fields = qt.block_values // (16 if qt.halves else 32)
-    off_lanes = cgutils.alloca_once_value(builder, e.const(F32, n_fields, 0.0))
+    off_lanes = [cgutils.alloca_once_value(builder, e.const(F32, 8, 0.0)) for _ in range(-(-n_fields // 8))]
 
     def block(b, first_slot):
         subs = qt.subs(e, e.mul(b, qt.block_bytes))
@@ -492,20 +496,29 @@ def _dot_quant(e, qt: QuantType, n_cols):
 
     def _block_fields(b, subs):
         """A K-quant block: its scales times xd and its offsets times the sums of x as vectors
-        (qt.fields), then per Sub the integer dot and one lane of the scales spread."""
-        scale, off = qt.fields(e, e.mul(b, qt.block_bytes))
-        sums = e.floats(e.xs16 if qt.halves else e.xs32, e.mul(b, n_fields), n_fields)
-        builder.store(e.fma(off, sums, builder.load(off_lanes)), off_lanes)
-        xd = e.floats(e.xd, e.mul(b, len(subs)), len(subs))
-        if qt.halves:  # scales of 16 values: xd of their 32 twice
-            xd = builder.shuffle_vector(xd, xd, e.const(I32, n_fields, [k // 2 for k in range(n_fields)]))
-        scaled = e.fmul(scale, xd)
+        of 8 (qt.fields), then per Sub the integer dot and one lane of the scales spread."""
+        scales, offs = qt.fields(e, e.mul(b, qt.block_bytes))
+        sums_at = e.xs16 if qt.halves else e.xs32
+        scaled = []
+        for ch, (scale, off) in enumerate(zip(scales, offs)):  # fields 8 ch .. 8 ch + 7
+            sums = e.floats(sums_at, e.add(e.mul(b, n_fields), 8 * ch), 8)
+            builder.store(e.fma(off, sums, builder.load(off_lanes[ch])), off_lanes[ch])
+            if qt.halves:  # scales of 16 values: xd of their 32 (subs 4 ch .. 4 ch + 3) twice
+                xd = e.floats(e.xd, e.add(e.mul(b, len(subs)), 4 * ch), 4)
+                xd = builder.shuffle_vector(xd, xd, e.const(I32, 8, [k // 2 for k in range(8)]))
+            else:
+                xd = e.floats(e.xd, e.mul(b, len(subs)), 8)
+            scaled.append(e.fmul(scale, xd))
         for i, sub in enumerate(subs):
             v = e.add(e.mul(b, len(subs)), i)
             lanes = e.to_float(idot(e, sub.u, _xq(e, e.mul(v, 32))))
-            spread = [2 * i] * 4 + [2 * i + 1] * 4 if qt.halves else [i] * ILANES
-            scales = builder.shuffle_vector(scaled, scaled, e.const(I32, ILANES, spread))
-            builder.store(e.fma(scales, lanes, builder.load(accs[i % 2])), accs[i % 2])
+            if qt.halves:
+                chunk, at = scaled[(2 * i) // 8], (2 * i) % 8
+                spread = [at] * 4 + [at + 1] * 4
+            else:
+                chunk, spread = scaled[0], [i] * ILANES
+            sub_scales = builder.shuffle_vector(chunk, chunk, e.const(I32, ILANES, spread))
+            builder.store(e.fma(sub_scales, lanes, builder.load(accs[i % 2])), accs[i % 2])
 
     with cgutils.for_range(builder, builder.udiv(n_blocks, ir.Constant(I64, per_step))) as loop:
         b = e.mul(loop.index, per_step)
@@ -519,7 +532,8 @@ def _dot_quant(e, qt: QuantType, n_cols):
             block(builder.sub(n_blocks, ir.Constant(I64, 1)), 0)
     total = e.reduce(e.fadd(builder.load(accs[0]), builder.load(accs[1])))
     if qt.fields is not None:
-        total = e.fadd(total, e.reduce(builder.load(off_lanes)))
+        for lanes in off_lanes:
+            total = e.fadd(total, e.reduce(builder.load(lanes)))
     return e.fadd(total, e.fadd(builder.load(offs[0]), builder.load(offs[1])))
 
 
