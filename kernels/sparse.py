@@ -85,10 +85,11 @@ def _pair_lanes(e, q8, c):
     xs = b.asm(ir.FunctionType(v32, [v32, v32, v32]), "vpermi2b $3, $2, $0", "=v,0,v,v", [cols, x0, x1],
                False, "xs")
     # the kept values times their x codes, in the slots' order
-    if q8:  # signed values: |w| against x with w's sign
+    if q8:  # signed values: |w| against x with w's sign (vpsignb: one instruction, where a
+        # compare-to-mask and a masked negate were two, one of them on the shuffle port)
         w = b.load(b.bitcast(e.gep(e.values, e.mul(c, 32)), v32.as_pointer()), align=1)
         u = b.call(declare(b.module, "llvm.abs.v32i8", v32, [v32, ir.IntType(1)]), [w, ir.Constant(ir.IntType(1), 0)])
-        dots = idot(e, u, b.select(b.icmp_signed("<", w, e.const(I8, 32, 0)), b.sub(e.const(I8, 32, 0), xs), xs))
+        dots = idot(e, u, b.call(declare(b.module, "llvm.x86.avx2.psign.b", v32, [v32, v32]), [xs, w]))
     else:  # nibbles v, values v - 8: v . x - 8 . x, two independent dot instructions
         v = b.lshr(b.bitcast(_bytes_twice(e, e.gep(e.values, e.mul(c, 16))), vec(I64, 4)), e.const(I64, 4, [0, 0, 4, 4]))
         v = b.and_(b.bitcast(v, v32), e.const(I8, 32, 15))
