@@ -6,8 +6,8 @@ position of each slot (-1 for an empty slot); attention masks by position, so th
 slots in the ring does not matter.
 
 Storage is f16 (the default, as in llama.cpp), f32 or q8_0 (`kv_type`). Attention reads an f16
-cache as it is stored (and then rounds as llama.cpp does: kernels.nn.attention), the others as
-float32. q8_0 is ggml's block format (32 values share one f16 scale: 34 bytes per 32 values), so
+cache as it is stored (and then rounds as llama.cpp does: kernels.nn.attention), a q8_0 one
+dequantized to f16, an f32 one as float32. q8_0 is ggml's block format (32 values share one f16 scale: 34 bytes per 32 values), so
 an 8-bit cache takes 53% of an f16 one. Keys are stored after RoPE, as llama.cpp does.
 
 When a conversation outgrows the context, `KVCache.shift` does what llama.cpp's context shift
@@ -52,14 +52,20 @@ class KVStore:
 
     def read(self, slots=slice(None)) -> np.ndarray:
         """float32 [n_kv, m, dim] of those slots (a view for f32 and a slice, else a new array)."""
-        return self.view(slots).astype(np.float32, copy=False)
+        if self.kv_type == "q8_0":
+            return self._dequantized(slots)
+        return self.data[:, slots].astype(np.float32, copy=False)
 
     def view(self, slots=slice(None)) -> np.ndarray:
-        """Those slots as attention takes them: float16 for f16 (a view for a slice), float32
-        otherwise (q8_0 dequantized)."""
+        """Those slots as attention takes them: float32 for f32 (a view for a slice), float16
+        otherwise (q8_0 dequantized to it, so that decode attention runs as the team's f16 job;
+        f16 holds a q8_0 value to 2^-11, its own steps are 1/127)."""
+        if self.kv_type == "q8_0":
+            return to_f16(self._dequantized(slots))
+        return self.data[:, slots]
+
+    def _dequantized(self, slots) -> np.ndarray:
         part = self.data[:, slots]
-        if self.kv_type != "q8_0":
-            return part
         n_kv, m, row_bytes = part.shape
         rows = np.ascontiguousarray(part).reshape(n_kv * m, row_bytes)
         return dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim)
@@ -72,7 +78,7 @@ class KVStore:
             return to_f16(x)
         n_kv, m, _ = x.shape
         rows = quants.quantize(x.reshape(n_kv * m, self.dim), GGMLQuantizationType.Q8_0)
-        return dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim)
+        return to_f16(dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim))
 
     @property
     def nbytes(self) -> int:

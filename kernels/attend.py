@@ -6,8 +6,9 @@ all threads. attend_scores runs on each item (the chunk's scores, its max and it
 exponentials); normalize_parts then gives each chunk the factor that turns its exponentials into
 probabilities; attend_values runs on each item (probabilities times V, per chunk); combine_parts
 adds the chunks up. For the f16 cache (the default; K and V as uint16 bit patterns, read as
-stored) the two passes are the team jobs ATTEND and ATTEND_V; float32 K and V (the f32 and q8_0
-caches) take attend_serial, the same passes on the calling thread.
+stored; the q8_0 cache dequantized to f16) the two passes are the team jobs ATTEND and
+ATTEND_V; float32 K and V (the f32 cache) take attend_serial, the same passes on the calling
+thread.
 
 With f16 K and V the arithmetic is llama.cpp's (no flash attention): the query is rounded to f16
 before its dot with the keys (by the caller), and the probabilities are rounded to f16 before
@@ -39,17 +40,19 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
     g, hd = q.shape
     n = s1 - s0
     part_max[:] = -np.inf
+    key = np.empty(hd, np.float32)  # the slot's key widened once for the g queries
     for s in range(s0, s1):
         ps = k_pos[s]
         if ps < 0 or ps > p or (window > 0 and p - ps >= window):
             for r in range(g):
                 scores[r, s - s0] = -np.inf
             continue
-        key = k[s]
+        for j in range(hd):
+            key[j] = to_f32(k[s, j])
         for r in range(g):
             acc = np.float32(0.0)
             for j in range(hd):
-                acc += q[r, j] * to_f32(key[j])
+                acc += q[r, j] * key[j]
             scores[r, s - s0] = acc * scale
             part_max[r] = max(part_max[r], acc * scale)
     for r in range(g):  # e = exp(score - max), 16 at a time; hidden slots and negligible ones 0
@@ -67,18 +70,23 @@ def attend_values(v, s0, s1, scores, factor, part_acc, half):
     """part_acc[r] [hd_v] = the sum over slots s0..s1 of probability * v[s], the probability
     being attend_scores's e times factor[r] (normalize_parts), rounded to f16 if half.
     v [m, hd_v] float32 or uint16 f16 bits."""
-    g = part_acc.shape[0]
+    g, hd_v = part_acc.shape
     part_acc[:, :] = 0.0
+    value = np.empty(hd_v, np.float32)  # the slot's value widened once for the g queries
     for s in range(s0, s1):
-        value = v[s]
+        widened = False
         for r in range(g):
             e = scores[r, s - s0]
             if e != 0.0:
+                if not widened:
+                    for j in range(hd_v):
+                        value[j] = to_f32(v[s, j])
+                    widened = True
                 prob = e * factor[r]
                 if half:
                     prob = round_f16(prob)
-                for j in range(part_acc.shape[1]):
-                    part_acc[r, j] += prob * to_f32(value[j])
+                for j in range(hd_v):
+                    part_acc[r, j] += prob * value[j]
 
 
 @njit(cache=True, nogil=True)

@@ -20,7 +20,7 @@ items are runs of rows that start at multiples of gemm.GROUP_ROWS.
 
 ATTEND and ATTEND_V, decode attention of a few queries over an f16 KV cache (attend.py), its
 scores and then its probabilities times V: one item per (query, KV head, chunk of attend.CHUNK
-cache slots), writing that chunk's partials. (Float32 caches take attend.attend_serial: a
+cache slots), writing that chunk's partials. (A float32 cache takes attend.attend_serial: a
 second copy of the kernels in serve cost 1.6 s of every first run's compile.)
 
 SPARSE, outs[w] = x @ W_w.T for a few x rows and up to GROUP 2:4 weights in the compact planes
