@@ -87,10 +87,10 @@ def weight_bytes_per_token(model) -> int:
 class EdgeEngine:
     name = "edgellm"
 
-    def __init__(self, model_path, threads, n_ctx):
+    def __init__(self, model_path, threads, n_ctx, kv_type="f16"):
         from edgellm.llm import LLM
 
-        self.llm = LLM(model_path, threads=threads, ctx=n_ctx)
+        self.llm = LLM(model_path, threads=threads, ctx=n_ctx, kv_type=kv_type)
         self.bytes_per_token = weight_bytes_per_token(self.llm.model)
 
     def eval_tokens(self, ids, fresh):
@@ -207,8 +207,10 @@ def _llama_cpp_worker(model_path: str, threads: int, n_ctx: int, plain_buffers: 
             print(json.dumps({"peak_rss_mb": peak / (1024 * 1024 if sys.platform == "darwin" else 1024)}), flush=True)
 
 
-def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cpp=False, progress=None) -> dict:
-    """Run the benchmark; returns the JSON object `edgellm bench --json` prints."""
+def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cpp=False, progress=None,
+          kv_type="f16") -> dict:
+    """Run the benchmark; returns the JSON object `edgellm bench --json` prints. kv_type: edgellm's
+    KV cache (llama.cpp keeps its default, f16)."""
     from edgellm.default_model import default_model_path
     from edgellm.system import physical_cores, read_bandwidth_gb_s
 
@@ -224,7 +226,7 @@ def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cp
             import llama_cpp  # noqa: F401  (the child process needs it)
         except ImportError:
             raise EdgeLLMError("--vs-llama-cpp needs llama-cpp-python: pip install 'edgellm[bench]'") from None
-    engines = [EdgeEngine(model_path, threads, n_ctx)]
+    engines = [EdgeEngine(model_path, threads, n_ctx, kv_type)]
     engines[0].llm.on_compile = lambda: say("compiling kernels (first run only)...")
     if vs_llama_cpp:
         engines.append(LlamaCppEngine(model_path, threads, n_ctx))
@@ -248,6 +250,7 @@ def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cp
 
     out = {
         "model": model_path, "threads": threads, "n_prompt": n_prompt, "n_gen": n_gen, "reps": reps,
+        "kv_type": ours.llm.kv_cache.kv_type,  # the cache it ran with
         "bytes_per_token": ours.bytes_per_token, "file_mb": os.path.getsize(model_path) / 2**20,
         **summaries["edgellm"],
         "bandwidth_gb_per_s": read_bandwidth_gb_s(threads),

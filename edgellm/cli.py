@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per engine (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--kv-type", default="f16", choices=["f16", "f32", "q8_0"], help="edgellm's KV cache (default f16)")
     p.add_argument("--vs-llama-cpp", action="store_true",
                    help="run llama.cpp (llama-cpp-python, the bench extra) on the same file, alternating")
     p.set_defaults(func=cmd_bench)
@@ -148,7 +149,7 @@ def cmd_bench(args) -> int:
 
     _positive(args.threads, "--threads")
     result = bench(args.model, args.n_prompt, args.n_gen, args.threads, args.reps, args.vs_llama_cpp,
-                   progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True))
+                   progress=lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True), kv_type=args.kv_type)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

@@ -21,7 +21,12 @@ def test_bench_json_has_every_figure(model_path, capsys):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert result["tpot_p95_s"] >= result["tpot_median_s"]
     assert result["bytes_per_token"] > 0.9 * os.path.getsize(model_path)  # every weight, once
-    assert "llama_cpp" not in result
+    assert "llama_cpp" not in result and result["kv_type"] == "f16"
+
+
+def test_bench_takes_the_kv_cache_type(model_path, capsys):
+    assert main(["bench", str(model_path), "-p", "8", "-n", "4", "-r", "1", "--kv-type", "q8_0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kv_type"] == "q8_0"
 
 
 def test_bench_table_names_each_figure(model_path, capsys):
