@@ -27,6 +27,11 @@ def _add_model_args(p: argparse.ArgumentParser, optional_model: bool = True) -> 
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context length in tokens (0: the model's)")
 
 
+def _add_kv_type_arg(p) -> None:
+    p.add_argument("--kv-type", default="f16", choices=["f16", "f32", "q8_0"],
+                   help="KV cache storage (default f16, as llama.cpp's)")
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off (default 40)")
@@ -45,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", required=True, help="the prompt")
     p.add_argument("-n", "--n-predict", type=int, default=128, help="tokens to generate (default 128)")
     _add_sampling_args(p)
+    _add_kv_type_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end instead of streaming")
     p.set_defaults(func=cmd_run)
 
@@ -53,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("-n", "--n-predict", type=int, default=-1, help="tokens per answer at most (default -1: no limit)")
     _add_sampling_args(p)
-    p.add_argument("--kv-type", default="f16", choices=["f16", "f32", "q8_0"], help="KV cache storage (default f16, as llama.cpp)")
+    _add_kv_type_arg(p)
     p.add_argument("--plain", action="store_true", help="a line REPL instead of the full-screen chat")
     p.set_defaults(func=cmd_chat)
 
@@ -64,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per engine (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--kv-type", default="f16", choices=["f16", "f32", "q8_0"], help="edgellm's KV cache (default f16)")
+    _add_kv_type_arg(p)
     p.add_argument("--vs-llama-cpp", action="store_true",
                    help="run llama.cpp (llama-cpp-python, the bench extra) on the same file, alternating")
     p.set_defaults(func=cmd_bench)
@@ -114,7 +120,7 @@ def cmd_run(args) -> int:
     _positive(args.threads, "--threads")
     if args.n_predict < 0:
         raise EdgeLLMError(f"-n must be >= 0, got {args.n_predict}")
-    llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx)
+    llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, kv_type=args.kv_type)
     announce_compiling(llm)
     pieces = llm.generate(
         args.prompt, max_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
