@@ -131,7 +131,7 @@ def attend_serial(q, k, v, q_pos, k_pos, scale, window, chunk, scores, part_max,
     """Both passes and the normalization for float32 k [n_kv, m, hd], v [n_kv, m, hd_v] on this
     thread; the arrays as the team jobs take them (nn._attention_few)."""
     n, n_kv, n_chunks, g = part_max.shape
-    n_head, m = q.shape[1], k.shape[1]
+    m = k.shape[1]
     for i in range(n):
         for kv in range(n_kv):
             for c in range(n_chunks):

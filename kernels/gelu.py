@@ -1,8 +1,9 @@
 """GELU (tanh form) as ggml's CPU code computes it: for nn.gelu_mul and the team's GELU_MUL job
 (jobs.py). ggml rounds the input to f16 and looks its GELU up in a table of f16 values
 (GGML_GELU_FP16, on by default), 0 at or below -10 and the input itself at or above 10; doing
-the same keeps edgellm's activations on llama.cpp's (with the exact function, one of the four
-greedy reference continuations left llama.cpp's at a near-tie: benchmarks/llama_cpp_numerics.py).
+the same keeps edgellm's activations on llama.cpp's (with the exact function and llama.cpp's
+other roundings, two of the four greedy reference continuations left llama.cpp's at near-ties:
+benchmarks/llama_cpp_numerics.py).
 """
 
 from __future__ import annotations

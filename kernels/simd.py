@@ -702,44 +702,32 @@ def quantize_row_8k(typingctx, x, xq, xd, xs32, xs16):
 
 
 # --- f16 scalars ---------------------------------------------------------------------------------
-@intrinsic
-def to_f32(typingctx, value):
-    """A float32 from an f16 bit pattern (uint16) or a float32 (itself): one source for loops
-    over f16 and float32 arrays. LLVM turns the f16 loads of a vectorized loop into the CPU's
-    converter (F16C's vcvtph2ps, NEON's fcvtl)."""
-    if value == types.float32:
-        return types.float32(value), lambda context, builder, sig, args: args[0]
-    if value != types.uint16:
-        return None
+def _scalar(doc, **forms):
+    """A scalar intrinsic: forms maps an argument type's name to (result type, emit(builder, value))."""
 
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), F32)
+    def generic(typingctx, value):
+        form = forms.get(str(value))
+        if form is None:
+            return None
+        ret, emit = form
+        return ret(value), lambda context, builder, sig, args: emit(builder, args[0])
 
-    return types.float32(value), codegen
+    generic.__doc__ = doc
+    return intrinsic(generic)
 
 
-@intrinsic
-def round_f16(typingctx, value):
-    """A float32 rounded to the nearest f16 (to nearest, ties to even) and back."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.fpext(builder.fptrunc(args[0], ir.HalfType()), F32)
-
-    return types.float32(value), codegen
-
-
-@intrinsic
-def f16_bits(typingctx, value):
-    """The f16 bit pattern (uint16) nearest a float32 (to nearest, ties to even)."""
-    if value != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), I16)
-
-    return types.uint16(value), codegen
+to_f32 = _scalar(
+    """A float32 from an f16 bit pattern (uint16) or a float32 (itself): one source for loops over
+    f16 and float32 arrays. LLVM turns the f16 loads of a vectorized loop into the CPU's converter
+    (F16C's vcvtph2ps, NEON's fcvtl).""",
+    uint16=(types.float32, lambda b, v: b.fpext(b.bitcast(v, ir.HalfType()), F32)),
+    float32=(types.float32, lambda b, v: v))
+round_f16 = _scalar(
+    """A float32 rounded to the nearest f16 (to nearest, ties to even) and back.""",
+    float32=(types.float32, lambda b, v: b.fpext(b.fptrunc(v, ir.HalfType()), F32)))
+f16_bits = _scalar(
+    """The f16 bit pattern (uint16) nearest a float32 (to nearest, ties to even).""",
+    float32=(types.uint16, lambda b, v: b.bitcast(b.fptrunc(v, ir.HalfType()), I16)))
 
 
 # --- exp over arrays -----------------------------------------------------------------------------

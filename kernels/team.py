@@ -133,15 +133,11 @@ def in_disk_cache(kernel) -> bool:
         return True
 
 
-def serve_is_cached() -> bool:
-    return in_disk_cache(serve)
-
-
 def start_compiling_serve() -> bool:
     """If serve has no machine code in the disk cache, start compiling it in a second process.
     Returns whether a compile is under way (in that process)."""
     with _compiler_lock:
-        if _compiler or serve.signatures or serve_is_cached():
+        if _compiler or serve.signatures or in_disk_cache(serve):
             return bool(_compiler)
         try:
             _compiler.append(subprocess.Popen([sys.executable, "-c", _COMPILE_SERVE], env=os.environ.copy(),

@@ -107,8 +107,8 @@ def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, mon
 @pytest.mark.slow
 def test_serve_compiles_in_a_second_process_on_a_fresh_install(tmp_path):
     """A fresh cache: start_compiling_serve starts a process whose compile lands in the cache."""
-    code = ("from edgellm.kernels import team; assert not team.serve_is_cached(); "
-            "assert team.start_compiling_serve(); team.wait_for_serve(); assert team.serve_is_cached(); "
+    code = ("from edgellm.kernels import team; assert not team.in_disk_cache(team.serve); "
+            "assert team.start_compiling_serve(); team.wait_for_serve(); assert team.in_disk_cache(team.serve); "
             "assert not team.start_compiling_serve()")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=600)
