@@ -12,24 +12,23 @@ Two vocabulary kinds, named by `tokenizer.ggml.model`:
 Before either, special tokens are cut out of the text (tokenizer_st_partition): user-defined
 tokens (type 4) always, control tokens (type 3) only when `special=True`.
 
-A merge loop in Python is slow, so text is split where no token can straddle and each piece is
-cached: BPE already works word by word; an SPM fragment is cut before each "▁" whose left
-neighbour never precedes "▁" inside a token, which leaves the merges exactly as on the whole.
+The vocabulary stays bytes (gguf_file.StringArray) with a hash index, and both merge loops
+run in numba over them (vocab.py): ~7 MB for a 262k-token vocabulary instead of ~40 MB of
+Python strings and dicts.
 """
 
 from __future__ import annotations
 
-import array
 import codecs
-import heapq
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from edgellm.gguf_file import GGUFError
+from edgellm.gguf_file import GGUFError, StringArray
 from edgellm.pretokenize import BPE_PRE_TOKENIZERS, split_words
+from edgellm.vocab import StringIndex, bpe_merge, spm_merge, strings_of
 
 # tokenizer.ggml.token_type values (llama.h LLAMA_TOKEN_TYPE_*).
 TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_UNUSED, TYPE_BYTE = 1, 2, 3, 4, 5, 6
@@ -52,7 +51,6 @@ _TYPE_TO_ATTR[[TYPE_NORMAL, TYPE_UNKNOWN, TYPE_CONTROL, TYPE_USER_DEFINED, TYPE_
 
 SPACE_MARK = "\u2581"  # "▁", SentencePiece's visible space
 _C_SPACES = " \t\n\v\f\r"  # C isspace(), used for lstrip/rstrip around special tokens
-_CACHE_LIMIT = 1 << 16  # words / pieces remembered before the cache is cleared
 
 # Texts llama.cpp recognises when the file does not name the token (llama_vocab::impl::load).
 _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
@@ -117,11 +115,6 @@ _ENCODE_BYTES = {b: c for b, c in enumerate(_BYTE_TO_CHAR)}
 _DECODE_BYTES = {ord(c): b for c, b in _CHAR_TO_BYTE.items()}
 
 
-def _raw_byte_key(b: int) -> str:
-    """A one-byte string as it appears in our vocab dict (invalid UTF-8 is surrogate-escaped)."""
-    return chr(b) if b < 0x80 else chr(0xDC00 + b)
-
-
 # llama_vocab::impl::detokenize's clean_spaces passes, as byte substitutions (same results):
 # " ?" " !" " ." " ," lose the space; " ' " becomes "'"; " 's" " 'm" " 're" " 've" lose the space.
 _CLEAN_PASSES = (
@@ -138,40 +131,6 @@ def clean_spaces(data: bytes) -> bytes:
 
 
 
-def merge_adjacent(symbols: list[str], priority) -> list[str]:
-    """The merge loop both llama.cpp tokenizers share: repeatedly join the adjacent pair whose
-    priority(left, right) is lowest (ties: leftmost) until no pair has one (None). Symbols form a
-    linked list over their start index; a merged pair lives at the left index, the right empties.
-    """
-    n = len(symbols)
-    if n < 2:
-        return symbols
-    nxt = list(range(1, n + 1))
-    nxt[-1] = -1
-    prv = list(range(-1, n - 1))
-    queue = []  # (priority, left, right, merged text)
-
-    def push(left: int, right: int) -> None:
-        p = priority(symbols[left], symbols[right])
-        if p is not None:
-            heapq.heappush(queue, (p, left, right, symbols[left] + symbols[right]))
-
-    for i in range(n - 1):
-        push(i, i + 1)
-    while queue:
-        _, left, right, merged = heapq.heappop(queue)
-        if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
-            continue  # one side changed since this pair was queued
-        symbols[left], symbols[right] = merged, ""
-        after = nxt[right]
-        nxt[left] = after
-        if after >= 0:
-            prv[after] = left
-        if prv[left] >= 0:
-            push(prv[left], left)
-        if after >= 0:
-            push(left, after)
-    return [symbol for symbol in symbols if symbol]  # merges only move text leftwards: order holds
 
 class Tokenizer:
     """A GGUF vocabulary: encode text to ids and decode ids to text exactly as llama.cpp does."""
@@ -190,7 +149,6 @@ class Tokenizer:
             what = "unsupported" if model in known else "unknown"
             raise GGUFError(f"{what} tokenizer model {model!r} (supported: llama, gpt2, none)")
 
-        self._cache: dict[str, tuple[int, ...]] = {}
         self._pieces: dict[int, bytes] = {}
         self.bos_id = self.eos_id = self.eot_id = self.eom_id = self.unk_id = None
         self.pad_id = None
@@ -202,7 +160,7 @@ class Tokenizer:
             if not isinstance(n_vocab, (int, np.integer)) or n_vocab < 0:
                 raise GGUFError(f"vocab_size is {n_vocab!r}, not a token count")
             self.n_vocab = int(n_vocab)
-            self._tokens: list[str] = []
+            self._tokens = StringArray.from_strings([])
             return
 
         self._load_vocab(md)
@@ -228,44 +186,36 @@ class Tokenizer:
         # Special tokens to cut out of text, longest (in bytes) first.
         special = np.flatnonzero(np.asarray(self._attrs) & (ATTR_CONTROL | ATTR_USER_DEFINED |
                                                              ATTR_UNKNOWN)).tolist()
-        special.sort(key=lambda i: (-len(self._tokens[i].encode("utf-8", "surrogateescape")), i))
+        special.sort(key=lambda i: (-len(self._tokens.raw(i)), i))
         self._special_ids: list[int] = special
-        self._spm_split = None  # built on first SPM encode: it scans the whole vocabulary
+        self._byte_ids = self._byte_tokens()
 
     # -- loading -------------------------------------------------------------------------------
 
     def _load_vocab(self, md: Mapping[str, Any]) -> None:
-        tokens = md.get("tokenizer.ggml.tokens")
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-            raise GGUFError("tokenizer.ggml.tokens is missing or not a list of strings")
+        tokens = strings_of(md.get("tokenizer.ggml.tokens"), "tokenizer.ggml.tokens")
         n = len(tokens)
         if n == 0:
             raise GGUFError("tokenizer.ggml.tokens is empty")
-        token_to_id = dict(zip(tokens, range(n)))
-        if "" in token_to_id:  # llama.cpp renames empty tokens rather than refusing the file
-            tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-            token_to_id = dict(zip(tokens, range(n)))
-        if len(token_to_id) != n:
-            seen = set()
-            dup = next(t for t in tokens if t in seen or seen.add(t))
-            raise GGUFError(f"duplicate token in vocabulary: {dup!r} has ids "
-                            f"{tokens.index(dup)} and {token_to_id[dup]}")
+        if (np.diff(tokens.offsets) == 0).any():  # llama.cpp renames empty tokens rather than refusing the file
+            tokens = StringArray.from_strings([t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)])
+        index = StringIndex(tokens)
+        if index.duplicate is not None:
+            first, dup = index.duplicate
+            raise GGUFError(f"duplicate token in vocabulary: {tokens[dup]!r} has ids {first} and {dup}")
         self.n_vocab = n
         self._tokens = tokens
-        self._token_to_id = token_to_id
-        # array('f'): 4 bytes a score (a list of Python floats takes 32), indexing gives floats
-        self._scores = array.array("f", _numeric_array(md, "tokenizer.ggml.scores", n, np.float32).tobytes())
+        self._token_to_id = index
+        self._scores = _numeric_array(md, "tokenizer.ggml.scores", n, np.float32).view()  # float32 [n]
+        self._scores.flags.writeable = False  # as a file's are: one signature for the merge kernel
         types = _numeric_array(md, "tokenizer.ggml.token_type", n, np.int32, default=TYPE_NORMAL)
         valid = (types >= 0) & (types < len(_TYPE_TO_ATTR))
-        self._attrs: list[int] = np.where(valid, _TYPE_TO_ATTR[np.where(valid, types, 0)],
-                                          0).tolist()
+        self._attrs = np.where(valid, _TYPE_TO_ATTR[np.where(valid, types, 0)], 0).astype(np.int32)  # [n]
 
     def _load_bpe(self, md: Mapping[str, Any]) -> dict[str, int]:
-        merges = md.get("tokenizer.ggml.merges")
-        if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
-            raise GGUFError("tokenizer.ggml.merges is missing or not a list of strings")
+        merges = strings_of(md.get("tokenizer.ggml.merges"), "tokenizer.ggml.merges")
         # "left right" -> rank; the first of duplicate merges wins, as with llama.cpp's emplace.
-        self._merge_ranks = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1)))
+        self._merges = StringIndex(merges)
         pre_name = md.get("tokenizer.ggml.pre") or "default"
         pre = BPE_PRE_TOKENIZERS.get(pre_name)
         if pre is None:
@@ -352,9 +302,7 @@ class Tokenizer:
             if "<mask>" in lookup:
                 attrs[lookup["<mask>"]] |= ATTR_LSTRIP
         elif "phi-3" in name or "phi3" in name:
-            for tid, attr in enumerate(attrs):
-                if attr & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN):
-                    attrs[tid] |= ATTR_RSTRIP
+            attrs[(attrs & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)) != 0] |= ATTR_RSTRIP
             if "</s>" in lookup:
                 attrs[lookup["</s>"]] |= ATTR_RSTRIP
             for text in ("<unk>", "<s>", "<|endoftext|>"):
@@ -428,93 +376,38 @@ class Tokenizer:
             fragments = out
         return fragments
 
-    def _remember(self, key: str, ids: list[int]) -> list[int]:
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = tuple(ids)
-        return ids
-
     # SentencePiece (llm_tokenizer_spm_session)
 
     def _encode_spm(self, text: str) -> list[int]:
-        if self._spm_split is None:
-            self._spm_split = self._safe_spm_split()
-        ids: list[int] = []
-        cache = self._cache
-        for piece in self._spm_split(text.replace(" ", SPACE_MARK)):
-            if piece:
-                cached = cache.get(piece)
-                ids += cached if cached is not None else self._remember(piece,
-                                                                        self._spm_piece(piece))
-        return ids
+        ids = spm_merge(text.replace(" ", SPACE_MARK).encode("utf-8"), self._token_to_id, self._scores,
+                        self._byte_ids)
+        if ids.size and ids.min() < 0:
+            b = -1 - int(ids.min())
+            raise GGUFError(f"vocabulary has no token for byte 0x{b:02X} and no UNK token")
+        return ids.tolist()
 
-    def _safe_spm_split(self):
-        """A splitter before each "▁" that no token can straddle.
-
-        A merged symbol is always a vocabulary token, so if no token contains "c▁", the boundary
-        between "c" and "▁" is never crossed and both sides merge independently.
-        """
-        joined = "\0".join(self._tokens)
-        before = set(re.findall("(?s)(.)" + SPACE_MARK, joined))
-        if not before:
-            return re.compile(f"(?={SPACE_MARK})").split
-        chars = "".join(sorted(re.escape(c) for c in before))
-        return re.compile(f"(?<![{chars}])(?={SPACE_MARK})").split
-
-    def _spm_piece(self, text: str) -> list[int]:
-        """Merge neighbours into the best-scoring token first (ties: leftmost) until none can."""
-        vocab, scores = self._token_to_id, self._scores
-
-        def priority(left: str, right: str):
-            tid = vocab.get(left + right)
-            return None if tid is None else -scores[tid]
-
-        ids = []
-        for symbol in merge_adjacent(list(text), priority):
-            tid = vocab.get(symbol)
-            ids += [tid] if tid is not None else self._byte_fallback(symbol)
-        return ids
-
-    def _byte_fallback(self, symbol: str) -> list[int]:
-        """llama_vocab::byte_to_token for each UTF-8 byte: <0xXX>, else the byte itself."""
-        ids = []
-        for b in symbol.encode("utf-8", "surrogateescape"):
-            tid = self._token_to_id.get(f"<0x{b:02X}>")
-            if tid is None:
-                tid = self._token_to_id.get(_raw_byte_key(b), self.unk_id)
-            if tid is None:
-                raise GGUFError(f"vocabulary has no token for byte 0x{b:02X} and no UNK token")
-            ids.append(tid)
-        return ids
+    def _byte_tokens(self) -> np.ndarray:
+        """int32 [256]: each byte's token where no token covers a character. SPM
+        (llama_vocab::byte_to_token): <0xXX>, else the byte itself, else UNK, else -1 - byte.
+        BPE: the byte itself, else -1 (llama.cpp drops it)."""
+        lookup = self._token_to_id
+        out = np.empty(256, np.int32)
+        for b in range(256):
+            tid = lookup.get(bytes([b]))
+            if self.kind == "spm":
+                tid = lookup.get(f"<0x{b:02X}>", tid if tid is not None else self.unk_id)
+            out[b] = tid if tid is not None else (-1 - b if self.kind == "spm" else -1)
+        return out
 
     # byte-level BPE (llm_tokenizer_bpe_session)
 
     def _encode_bpe(self, text: str) -> list[int]:
-        ids: list[int] = []
-        cache = self._cache
-        for word in split_words(text, self._patterns):
-            word = word.encode("utf-8", "surrogateescape").decode("latin-1").translate(
-                _ENCODE_BYTES)
-            cached = cache.get(word)
-            ids += cached if cached is not None else self._remember(word, self._bpe_word(word))
-        return ids
-
-    def _bpe_word(self, word: str) -> list[int]:
-        """Merge the lowest-ranked adjacent pair first (ties: leftmost) until none is in merges."""
-        vocab, ranks = self._token_to_id, self._merge_ranks
-        if self._ignore_merges and word in vocab:
-            return [vocab[word]]
-        ids = []
-        for symbol in merge_adjacent(list(word), lambda left, right: ranks.get(left + " " + right)):
-            tid = vocab.get(symbol)
-            if tid is not None:
-                ids.append(tid)
-            else:  # llama.cpp looks up each raw byte of the symbol and drops those it lacks
-                for b in symbol.encode("utf-8"):
-                    tid = vocab.get(_raw_byte_key(b))
-                    if tid is not None:
-                        ids.append(tid)
-        return ids
+        words = [word.encode("utf-8", "surrogateescape").decode("latin-1").translate(_ENCODE_BYTES).encode("utf-8")
+                 for word in split_words(text, self._patterns)]
+        starts = np.zeros(len(words) + 1, np.int64)
+        np.cumsum([len(w) for w in words], out=starts[1:])
+        return bpe_merge(b"".join(words), starts, self._token_to_id, self._merges, self._byte_ids,
+                         self._ignore_merges).tolist()
 
     # -- decoding ------------------------------------------------------------------------------
 
