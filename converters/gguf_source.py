@@ -13,7 +13,7 @@ from gguf import GGUFValueType, GGUFWriter
 from edgellm.converters.errors import ConvertError
 from edgellm.converters.quantize import LOSSLESS, dequantize_rows
 from edgellm.converters.writer import TensorPlan
-from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
+from edgellm.gguf_file import GGUFError, GGUFFile, StringArray, Tensor
 
 # Written afresh for the new file (the architecture by GGUFWriter itself).
 REWRITTEN_KEYS = ("general.architecture", "general.file_type", "general.quantization_version",
@@ -82,6 +82,8 @@ def _typed(key: str, value) -> tuple:
         return value.encode("utf-8", "surrogateescape"), GGUFValueType.STRING, None
     if isinstance(value, np.ndarray) and value.dtype in _ARRAY_TYPES:
         return value.tolist(), GGUFValueType.ARRAY, _ARRAY_TYPES[value.dtype]
+    if isinstance(value, StringArray):
+        return [value.raw(i) for i in range(len(value))], GGUFValueType.ARRAY, GGUFValueType.STRING
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [v.encode("utf-8", "surrogateescape") for v in value], GGUFValueType.ARRAY, GGUFValueType.STRING
     raise ConvertError(f"cannot copy metadata {key}: unsupported value {type(value).__name__}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,32 +122,21 @@ class _Cursor:
         # Vocabularies may hold byte sequences that are not valid UTF-8; keep them round-trippable.
         return raw.decode("utf-8", errors="surrogateescape")
 
-    def strings(self, count: int, what: str) -> list[str]:
-        """A string array: the vocabulary's 100k+ tokens. The lengths are walked in numba, which
-        copies the strings out joined by NUL bytes, for one decode and one split (0.06 s for
-        262k tokens, against 0.26 s string by string). A string that runs past the end, or that
-        holds a NUL itself, takes the loop below, which names the problem."""
-        joined, end = _join_strings(np.frombuffer(self.buf, np.uint8, count=self.size), self.pos, count)
+    def strings(self, count: int, what: str) -> StringArray:
+        """A string array: the vocabulary's 100k+ tokens, kept as one buffer of their bytes (a
+        Python str per token would take ~20 MB more for 262k tokens). The lengths are walked in
+        numba; where a string runs past the end, the loop below finds it and names it."""
+        blob, offsets, end = _join_strings(np.frombuffer(self.buf, np.uint8, count=self.size), self.pos, count)
         if end >= 0:
             self.pos = end
-            return joined.tobytes().decode("utf-8", "surrogateescape").split("\0") if count else []
-        buf, size, pos = self.buf, self.size, self.pos
-        read_len = struct.Struct("<Q").unpack_from
-        out = []
-        append = out.append
-        for _ in range(count):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, f"length of a string in {what}")
-            (n,) = read_len(buf, pos)
-            pos += 8
-            if pos + n > size:
-                self.pos = pos
-                self.need(n, f"a string in {what}")
-            append(str(buf[pos : pos + n], "utf-8", "surrogateescape"))
-            pos += n
-        self.pos = pos
-        return out
+            return StringArray(blob, offsets)
+        for _ in range(count):  # only to name the string: need() raises there
+            self.need(8, f"length of a string in {what}")
+            (n,) = struct.unpack_from("<Q", self.buf, self.pos)
+            self.pos += 8
+            self.need(n, f"a string in {what}")
+            self.pos += n
+        raise GGUFError(f"corrupt string array {what}")
 
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:
@@ -190,43 +180,84 @@ def _u48(data, p):
 
 @njit(cache=True, nogil=True)
 def _join_strings(data, pos, count):
-    """count length-prefixed (u64 little-endian) strings from data[pos:]: their bytes joined by
-    NUL bytes, and the position after the last; end -1 if one runs past the data or holds a NUL."""
+    """count length-prefixed (u64 little-endian) strings from data[pos:]: their bytes joined, the
+    offsets of each (count + 1, the last is the end), and the position after the last string;
+    end -1 if one runs past the data."""
     size = data.size
     total = 0
     p = pos
     for _ in range(count):
         if p + 8 > size or data[p + 7] != 0 or data[p + 6] != 0:  # more than 2^48: absurd
-            return np.empty(0, np.uint8), -1
+            return np.empty(0, np.uint8), np.zeros(1, np.int64), -1
         n = _u48(data, p)
         p += 8
         if n > size - p:
-            return np.empty(0, np.uint8), -1
+            return np.empty(0, np.uint8), np.zeros(1, np.int64), -1
         total += n
         p += n
-    joined = np.empty(total + max(count - 1, 0), np.uint8)
+    blob = np.empty(total, np.uint8)
+    offsets = np.empty(count + 1, np.int64)
     p, q = pos, 0
     for i in range(count):
         n = _u48(data, p)
         p += 8
-        if i > 0:
-            joined[q] = 0
-            q += 1
-        for j in range(n):
-            c = data[p + j]
-            if c == 0:
-                return np.empty(0, np.uint8), -1
-            joined[q + j] = c
+        offsets[i] = q
+        for j in range(n):  # a loop: a slice assignment compiles for 2 s
+            blob[q + j] = data[p + j]
         q += n
         p += n
-    return joined, p
+    offsets[count] = q
+    return blob, offsets, p
+
+
+class StringArray(Sequence):
+    """A read-only sequence of str kept as bytes: blob holds every string's UTF-8 bytes back to
+    back, string i is blob[offsets[i]:offsets[i + 1]]. Bytes that are not UTF-8 come out
+    surrogate-escaped, so that encoding a string back gives the bytes of the file."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
+        self.blob = blob  # uint8 [total bytes]
+        self.offsets = offsets  # int64 [n + 1]
+
+    @classmethod
+    def from_strings(cls, strings) -> StringArray:
+        raw = [s.encode("utf-8", "surrogateescape") for s in strings]
+        offsets = np.zeros(len(raw) + 1, np.int64)
+        np.cumsum([len(r) for r in raw], out=offsets[1:])
+        return cls(np.frombuffer(b"".join(raw), np.uint8).copy(), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def raw(self, i: int) -> bytes:
+        """String i's bytes as in the file."""
+        return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"string {i} of {n}")
+        return self.raw(i % n).decode("utf-8", "surrogateescape")
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, str) or not isinstance(other, Sequence):
+            return NotImplemented
+        return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        head = ", ".join(map(repr, self[:3]))
+        return f"StringArray([{head}{', ...' if len(self) > 3 else ''}], {len(self)} strings)"
 
 
 class GGUFFile:
     """A GGUF file opened read-only and memory-mapped.
 
     `metadata` maps keys to Python values (int, float, bool, str; numeric arrays as numpy
-    arrays, string arrays as lists of str). `tensors` maps names to `Tensor`s in file order.
+    arrays, string arrays as StringArray: a sequence of str). `tensors` maps names to `Tensor`s in file order.
     """
 
     def __init__(self, path: str | os.PathLike):

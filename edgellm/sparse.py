@@ -31,7 +31,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 from edgellm.errors import EdgeLLMError
-from edgellm.gguf_file import GGUFError, GGUFFile
+from edgellm.gguf_file import GGUFError, GGUFFile, StringArray
 from edgellm.kernels import sparse as kernels
 from edgellm.kernels.dispatch import SparseWeightGroup
 
@@ -116,10 +116,10 @@ def read_metadata(gguf: GGUFFile) -> dict | None:
         raise GGUFError(f"unsupported sparsity: pattern {pattern!r}, layout {layout!r}, values {value_type!r}")
     if layout == "compact" and (n, m) != (2, GROUP):
         raise GGUFError(f"the compact layout is 2:4 only, got {pattern}")
-    if not isinstance(names, list) or not all(isinstance(s, str) for s in names):
+    if not isinstance(names, (list, StringArray)) or not all(isinstance(s, str) for s in names):
         raise GGUFError(f"{PREFIX}tensors must be a list of tensor names")
     return {"n": n, "m": m, "layout": layout, "value_type": VALUE_TYPES[value_type],
-            "method": md.get(PREFIX + "method", "?"), "tensors": names}
+            "method": md.get(PREFIX + "method", "?"), "tensors": list(names)}
 
 
 # Set by weight_wrapper() while calibration loads a model (converters/calibrate.py).
