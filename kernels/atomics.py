@@ -1,11 +1,13 @@
-"""What a thread team needs that Numba lacks: atomic memory operations, a spin-wait hint and raw
-addresses turned back into arrays. Each is a small @intrinsic emitting one LLVM instruction.
+"""What a thread team needs that Numba lacks: atomic memory operations, a spin-wait hint, a
+prefetch and raw addresses turned back into arrays. Each is a small @intrinsic emitting one LLVM
+instruction.
 
     atomic_load(a, i)              a[i], sequentially consistent (never hoisted out of a loop)
     atomic_store(a, i, v)          a[i] = v, sequentially consistent
     atomic_cas(a, i, old, new)     a[i] = new if a[i] == old; True if it did
     atomic_add(a, i, v)            a[i] += v; returns the value before
     cpu_relax()                    the CPU's spin-loop hint (x86 pause, ARM yield)
+    prefetch(addr)                 fetch the cache line at an int64 address into L2 (a hint)
     address_as_pointer(addr, ty)   an int64 address as a typed pointer, for numba.carray
 
 `a` is a 1-D int64 array. Sequential consistency everywhere: on x86 the loads are plain moves
@@ -97,3 +99,19 @@ def address_as_pointer(typingctx, addr, dtype):
         return builder.inttoptr(args[0], context.get_value_type(ptrty))
 
     return ptrty(types.int64, dtype), codegen
+
+
+@intrinsic
+def prefetch(typingctx, addr):
+    """A hint to fetch the cache line at addr (int64) into L2 (llvm.prefetch, read, locality 2:
+    x86 prefetcht1). It never faults, so an address that is no longer mapped does no harm."""
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        module = builder.module
+        fn = module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [i8p, I32, I32, I32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.inttoptr(args[0], i8p), ir.Constant(I32, 0), ir.Constant(I32, 2),
+                          ir.Constant(I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(types.int64), codegen

@@ -15,7 +15,9 @@ live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (dec
     SparseWeightGroup  the same for 2:4 weights' compact planes (jobs.SPARSE / SPARSE_GEMM)
 
 Jobs run on the team of set_num_threads() threads (team.py): a fill function (numba) writes the
-descriptor and the quantized x into the team's scratch, Team.run() runs it.
+descriptor and the quantized x into the team's scratch, Team.run() runs it. A decode step runs
+the same WeightGroups in the same order every token, so each learns which came after it last
+time and hands that one's weights to Team.run() to prefetch while its own job ends.
 
 Exactness: every dequantizing function says fastmath=False explicitly. Numba hands a caller's
 fast-math flags down to the functions it calls unless they set their own: 'contract' would fuse
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -67,6 +70,9 @@ MATVEC_MAX_ROWS = 8
 TILE_BYTES = 4 << 20
 # Rows per parallel work item of dequantize_rows.
 CHUNK_ROWS = 16
+# A decode mat-vec's weights up to this size are prefetched during the job before it (a
+# layer's, from DRAM at a third of the rate of one long stream); the output matrix is not.
+PREFETCH_MAX = 4 << 20
 
 
 @njit(fastmath=False, inline="always")
@@ -285,6 +291,13 @@ class WeightGroup:
         # A decode mat-vec quantizes x as llama.cpp does for these weights: Q8_K blocks of 256
         # for K-quants, Q8_0 blocks of 32 otherwise (a group mixing the two takes Q8_0).
         self.k_blocks = n_cols % 256 == 0 and all(w.ggml_type in K_QUANTS for w in self.weights)
+        # (address, bytes) of up to GROUP of the weights: what a worker prefetches while the job
+        # before this one's ends (none over PREFETCH_MAX: those stream at full rate anyway).
+        self.ranges = np.zeros(2 * GROUP, np.int64)
+        for i, w in enumerate(self.weights[:GROUP]):
+            if w.data.nbytes <= PREFETCH_MAX:
+                self.ranges[2 * i : 2 * i + 2] = w.data.ctypes.data, w.data.nbytes
+        self.next_ranges = None  # the ranges of the group whose mat-vec came after this one's last time
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones)."""
@@ -296,15 +309,27 @@ class WeightGroup:
             return [_matmul_many_rows(x, w, out) for w, out in zip(self.weights, outs)]
         kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM
         t = current_team()
+        if kind == jobs.MATVEC:  # decode reads the same weights in the same order every step
+            before = _last_matvec[0]() if _last_matvec else None
+            if before is not None and before is not self:
+                before.next_ranges = self.ranges
+            _last_matvec[:] = [weakref.ref(self)]
+            hint = self.next_ranges if self.next_ranges is not None else _NO_RANGES
+        else:
+            hint = _NO_RANGES  # a prefill's weights: the hint of the last decode step is stale
         ys = []
         for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
             outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
             with t.lock:
                 _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads,
                               t.scratch(_scratch_bytes(kind, x.shape[0], self.n_cols)), self.k_blocks)
-                t.run()
+                t.run(hint)
             ys += outs_part[: len(part)]
         return ys
+
+
+_last_matvec: list = []  # [a weak reference to the WeightGroup whose decode mat-vec ran last]
+_NO_RANGES = np.zeros(2 * GROUP, np.int64)  # no prefetch
 
 
 def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:

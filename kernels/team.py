@@ -16,7 +16,10 @@ Protocol (ctl, an int64 array; each field on its own cache line):
     ctl[ASLEEP]  workers that went to sleep; the next post wakes them (Team.run)
     ctl[STOP]    1: workers return for good
 A post writes the descriptor, DONE = 0, then LEFT = N_ITEMS (sequentially consistent): a thread
-that claims an item has seen the whole descriptor. The posting thread works on its own job too,
+that claims an item has seen the whole descriptor. A worker that ran items of a job and finds
+none left fetches desc[PF0:] (jobs.py: the byte ranges the next decode mat-vec will read) into
+its cache, a page at a time until the next post: a layer's small matrices otherwise come from
+DRAM at a third of the rate of one long stream, the start of each a cold miss. The posting thread works on its own job too,
 so a team of n threads has n - 1 workers. Python posts a job in two calls: a kernel's fill
 function writes the descriptor, then Team.run() runs it (both under Team.lock).
 """
@@ -34,8 +37,8 @@ import time
 import numpy as np
 from numba import njit
 
-from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax
-from .jobs import DESC_SIZE, N_ITEMS, run_item
+from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, prefetch
+from .jobs import DESC_SIZE, N_ITEMS, PF0, PF_RANGES, run_item
 
 LEFT, DONE, ASLEEP, STOP = 0, 8, 16, 24  # int64 offsets, 64 bytes apart
 CTL_SIZE = 32
@@ -61,6 +64,19 @@ def _claim_and_run(ctl, desc):
     return ran
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _prefetch_next(ctl, desc):
+    """Fetch the byte ranges in desc[PF0:] (what the next job will read) into this core's cache,
+    a page at a time, until a new job is posted: idle time only."""
+    for r in range(PF_RANGES):
+        addr, nbytes = desc[PF0 + 2 * r], desc[PF0 + 2 * r + 1]
+        for page in range(0, nbytes, 4096):
+            if atomic_load(ctl, LEFT) > 0:
+                return
+            for line in range(page, min(nbytes, page + 4096), 64):
+                prefetch(addr + line)
+
+
 @njit(cache=True, nogil=True)
 def serve(ctl, desc, post, idle_spins):
     """The team's one compiled entry, so that the code of every job compiles into one function
@@ -82,6 +98,7 @@ def serve(ctl, desc, post, idle_spins):
                 cpu_relax()
             return atomic_load(ctl, ASLEEP)
         if ran > 0:
+            _prefetch_next(ctl, desc)
             spins = 0
             continue
         if atomic_load(ctl, STOP):
@@ -204,8 +221,11 @@ class Team:
             wakeup.clear()
             woke(self.ctl)
 
-    def run(self) -> None:
-        """Run the job in desc (the caller holds self.lock and has just filled it in)."""
+    def run(self, prefetch: np.ndarray | None = None) -> None:
+        """Run the job in desc (the caller holds self.lock and has just filled it in).
+        prefetch: int64 [2 * GROUP], (address, bytes) ranges the next job reads, or None."""
+        if prefetch is not None:  # kept for the jobs after it that bring none (attention)
+            self.desc[PF0:] = prefetch
         if _dry_run.on:
             return
         if _compiler:

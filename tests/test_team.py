@@ -20,7 +20,7 @@ def _weights(rows=300, n_cols=256, seed=0):
         quants.quantize(w, T.Q8_0), T.Q8_0).reshape(rows, n_cols)
 
 
-def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray, prefetch=None) -> np.ndarray:
     """x @ W.T as one MATVEC job on team t (items of 4 rows: many per thread)."""
     out = np.full((x.shape[0], data.shape[0]), np.nan, np.float32)
     empty = dispatch._NO_ROWS
@@ -30,7 +30,7 @@ def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray) -> np.ndarray:
                                dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
                                                np.empty((x.shape[0], 0), np.float32)),
                                t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)), False)
-        t.run()
+        t.run(prefetch)
     return out
 
 
@@ -75,3 +75,37 @@ def test_a_closed_team_ends_its_threads():
     t = team.Team(3)
     t.close()
     assert not any(w.is_alive() for w in t.workers)
+
+
+def test_workers_prefetch_the_hinted_ranges_without_changing_results():
+    """A worker done with its items fetches the next job's ranges; a stale hint (memory that is
+    gone) is harmless: prefetches never fault."""
+    data, w = _weights()
+    other, _ = _weights(seed=3)
+    x = np.random.default_rng(4).standard_normal((1, 256)).astype(np.float32)
+    gone = np.empty(1 << 20, np.uint8)
+    stale = gone.ctypes.data
+    del gone
+    t = team.Team(2)
+    try:
+        for hint in ([other.ctypes.data, other.nbytes, data.ctypes.data, data.nbytes, 0, 0],
+                     [stale, 1 << 20, 0, 0, 0, 0]):
+            for _ in range(20):
+                got = _run_matvec(t, data, x, np.array(hint, np.int64))
+                np.testing.assert_allclose(got, _expected(w, x), rtol=1e-5, atol=1e-4)
+    finally:
+        t.close()
+
+
+def test_a_decode_mat_vec_hints_the_weights_that_came_next_last_time():
+    (a, _), (b, _) = _weights(seed=5), _weights(seed=6)
+    first = dispatch.WeightGroup([dispatch.Weight(a, T.Q8_0, 256)])
+    second = dispatch.WeightGroup([dispatch.Weight(b, T.Q8_0, 256)])
+    x = np.ones((1, 256), np.float32)
+    for _ in range(2):  # one decode step learns the order, the next one uses it
+        first.matmul(x)
+        second.matmul(x)
+    assert first.next_ranges.tolist() == [b.ctypes.data, b.nbytes, 0, 0, 0, 0]
+    assert second.next_ranges.tolist() == [a.ctypes.data, a.nbytes, 0, 0, 0, 0]
+    first.matmul(x)
+    assert dispatch.current_team().desc[jobs.PF0:].tolist() == second.ranges.tolist()
