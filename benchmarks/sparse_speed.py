@@ -6,8 +6,8 @@ random weights (speed does not depend on the values).
 
 Mat-vec: `kernels.matmul` (what a dense Linear calls) vs `SparseWeight.matmul` (a compact Linear)
 on the same shapes; the sparse matrix is the dense one pruned 2:4, so both compute the same thing
-up to rounding. Each timing is the fastest of 40 calls on one matrix (it stays in cache), dense
-and sparse taken in turn (the machine is shared).
+up to rounding. Each timing is the fastest of 40 calls on one matrix (it stays in cache: decode's
+prefetch of the next weights is off here), dense and sparse taken in turn (the machine is shared).
 Decode: two GGUF files of the same model, dense Q4_0/Q8_0 and compact 2:4 (embeddings and output
 Q8_0 in both, as the converter writes them); tokens/s over 32 single-token steps after a 16-token
 prompt, best of --rounds rounds in which the two models take turns (other guests on a shared host
@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType as Q
 
 import edgellm
 from edgellm import sparse
-from edgellm.kernels import matmul, set_num_threads
+from edgellm.kernels import dispatch, matmul, set_num_threads
 
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]  # (rows, n_cols): q/o, gate/up, down
 BLOCK_BYTES = {Q.Q4_0: 18, Q.Q8_0: 34}
@@ -156,12 +156,14 @@ def main() -> None:
     set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     types = [Q[t.upper()] for t in args.types.split(",")]
+    dispatch.prefetch_next = False  # the kernels alone: a hint would fetch the other matrix into cache
     print(f"| type | W rows x cols | x rows | dense ms | 2:4 compact ms | speed-up | dense MiB | compact MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for qtype in types:
         for t, shape, n, dense, compact, mib_d, mib_c in bench_matvec(rng, qtype):
             print(f"| {t} | {shape} | {n} | {dense:.3f} | {compact:.3f} | {dense / compact:.2f}x "
                   f"| {mib_d:.2f} | {mib_c:.2f} |", flush=True)
+    dispatch.prefetch_next = True
     if args.skip_model:
         return
     print("\n| type | model | dense tok/s | 2:4 compact tok/s | speed-up | dense MiB | compact MiB |")

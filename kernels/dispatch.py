@@ -70,9 +70,9 @@ MATVEC_MAX_ROWS = 8
 TILE_BYTES = 4 << 20
 # Rows per parallel work item of dequantize_rows.
 CHUNK_ROWS = 16
-# A decode mat-vec's weights up to this size are prefetched during the job before it (a
-# layer's, from DRAM at a third of the rate of one long stream); the output matrix is not.
-PREFETCH_MAX = 4 << 20
+# The first bytes of a decode mat-vec's weights prefetched during the job before it (a layer's
+# small matrices came from DRAM at a third of the rate of one long stream).
+PREFETCH_MAX = 2 << 20
 
 
 @njit(fastmath=False, inline="always")
@@ -291,13 +291,12 @@ class WeightGroup:
         # A decode mat-vec quantizes x as llama.cpp does for these weights: Q8_K blocks of 256
         # for K-quants, Q8_0 blocks of 32 otherwise (a group mixing the two takes Q8_0).
         self.k_blocks = n_cols % 256 == 0 and all(w.ggml_type in K_QUANTS for w in self.weights)
-        # (address, bytes) of up to GROUP of the weights: what a worker prefetches while the job
-        # before this one's ends (none over PREFETCH_MAX: those stream at full rate anyway).
-        self.ranges = np.zeros(2 * GROUP, np.int64)
-        for i, w in enumerate(self.weights[:GROUP]):
-            if w.data.nbytes <= PREFETCH_MAX:
-                self.ranges[2 * i : 2 * i + 2] = w.data.ctypes.data, w.data.nbytes
         self.next_ranges = None  # the ranges of the group whose mat-vec came after this one's last time
+
+    @functools.cached_property
+    def ranges(self) -> np.ndarray:
+        """What a worker prefetches for this group's decode mat-vec (_ranges)."""
+        return _ranges([(w.data,) for w in self.weights])
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones)."""
@@ -309,14 +308,7 @@ class WeightGroup:
             return [_matmul_many_rows(x, w, out) for w, out in zip(self.weights, outs)]
         kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM
         t = current_team()
-        if kind == jobs.MATVEC:  # decode reads the same weights in the same order every step
-            before = _last_matvec[0]() if _last_matvec else None
-            if before is not None and before is not self:
-                before.next_ranges = self.ranges
-            _last_matvec[:] = [weakref.ref(self)]
-            hint = self.next_ranges if self.next_ranges is not None else _NO_RANGES
-        else:
-            hint = _NO_RANGES  # a prefill's weights: the hint of the last decode step is stale
+        hint = _decode_hint(self) if kind == jobs.MATVEC else _NO_RANGES
         ys = []
         for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
             outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
@@ -328,8 +320,41 @@ class WeightGroup:
         return ys
 
 
-_last_matvec: list = []  # [a weak reference to the WeightGroup whose decode mat-vec ran last]
-_NO_RANGES = np.zeros(2 * GROUP, np.int64)  # no prefetch
+_last_matvec: list = []  # [a weak reference to the weight group whose decode mat-vec ran last]
+# False: no prefetch hints (a benchmark that times one kernel on a matrix kept in cache: the
+# next call's weights fetched meanwhile would evict it).
+prefetch_next = True
+_NO_RANGES = np.zeros(2 * jobs.PF_RANGES, np.int64)  # nothing to prefetch (a prefill's jobs)
+
+
+def _ranges(weights) -> np.ndarray:
+    """int64 [2 * PF_RANGES]: (address, bytes) ranges of the first PREFETCH_MAX bytes the job of
+    these weights reads, what a worker prefetches while the job before it ends (of a long stream
+    only the start: the hardware prefetcher has it from there). weights: per weight, its planes,
+    read side by side row by row (one for a dense weight); the weights one after another."""
+    out = _NO_RANGES.copy()
+    budget, i = PREFETCH_MAX, 0
+    for planes in weights:
+        share = min(1.0, budget / max(1, sum(p.nbytes for p in planes)))
+        for p in planes:
+            if i < jobs.PF_RANGES and budget > 0:
+                nbytes = min(budget, int(p.nbytes * share))
+                out[2 * i : 2 * i + 2] = p.ctypes.data, nbytes
+                budget -= nbytes
+                i += 1
+    return out
+
+
+def _decode_hint(group) -> np.ndarray:
+    """Note that group's decode mat-vec follows the last one (a decode step runs the same groups
+    in the same order every token); return the ranges of the group that followed it last time."""
+    if not prefetch_next:
+        return _NO_RANGES
+    before = _last_matvec[0]() if _last_matvec else None
+    if before is not None and before is not group:
+        before.next_ranges = group.ranges
+    _last_matvec[:] = [weakref.ref(group)]
+    return group.next_ranges if group.next_ranges is not None else _NO_RANGES
 
 
 def matmul_group(x: np.ndarray, weights: list[Weight]) -> list[np.ndarray]:
@@ -438,6 +463,12 @@ class SparseWeightGroup:
             planes = tuple(tuple(_readonly(w[k].view(_NO_PLANES[k].dtype)) for w in part) + (_NO_PLANES[k],) * pad
                            for k in range(3))
             self.parts.append((planes, len(part), pad))
+        self.weights = weights
+        self.next_ranges = None  # as WeightGroup's
+
+    @functools.cached_property
+    def ranges(self) -> np.ndarray:
+        return _ranges(self.weights)
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray]) -> list[np.ndarray]:
         """x float32 [n, n_cols] (C order); outs float32 [n, rows_w] to write into."""
@@ -447,6 +478,7 @@ class SparseWeightGroup:
         kind = jobs.SPARSE if n <= MATVEC_MAX_ROWS else jobs.SPARSE_GEMM
         scratch_kind = jobs.GEMM if kind == jobs.SPARSE_GEMM else jobs.MATVEC
         t = current_team()
+        hint = _decode_hint(self) if kind == jobs.SPARSE else _NO_RANGES
         done = 0
         for (values, index, scales), used, pad in self.parts:
             outs_part = tuple(outs[done : done + used]) + (np.empty((n, 0), np.float32),) * pad
@@ -454,7 +486,7 @@ class SparseWeightGroup:
             with t.lock:
                 _fill_sparse(t.desc, kind, values, index, scales, self.q8, x, _F16, outs_part,
                              t.n_threads, t.scratch(_scratch_bytes(scratch_kind, n, n_cols)))
-                t.run()
+                t.run(hint)
         return outs
 
 

@@ -51,10 +51,11 @@ MV_N, MV_COLS, MV_X, MV_XQ, MV_XD, MV_XS32, MV_XS16, MV_F16, MV_WEIGHTS = range(
 MV_W0, MV_W_FIELDS = 16, 8  # per weight, from MV_W0 + MV_W_FIELDS * w:
 W_DATA, W_ROWS, W_ROW_BYTES, W_TYPE, W_OUT, W_FIRST_ITEM, W_ITEM_ROWS = range(7)
 GROUP = 3
-# Any job: up to GROUP byte ranges (address, bytes) that the job after it will read (a decode
-# step's next weights), which a worker that ran out of items fetches into its cache meanwhile.
+# Any job: up to PF_RANGES byte ranges (address, bytes) that the job after it will read (a
+# decode step's next weights: GROUP weights, 3 planes each for 2:4 ones), which a worker that ran
+# out of items fetches into its cache meanwhile.
 PF0 = MV_W0 + MV_W_FIELDS * GROUP
-PF_RANGES = GROUP
+PF_RANGES = 3 * GROUP
 DESC_SIZE = PF0 + 2 * PF_RANGES
 
 # SPARSE and SPARSE_GEMM fields: as MATVEC / GEMM, up to GROUP weights, with SP_Q8 (1: int8

@@ -223,7 +223,7 @@ class Team:
 
     def run(self, prefetch: np.ndarray | None = None) -> None:
         """Run the job in desc (the caller holds self.lock and has just filled it in).
-        prefetch: int64 [2 * GROUP], (address, bytes) ranges the next job reads, or None."""
+        prefetch: int64 [2 * jobs.PF_RANGES], (address, bytes) ranges the next job reads, or None."""
         if prefetch is not None:  # kept for the jobs after it that bring none (attention)
             self.desc[PF0:] = prefetch
         if _dry_run.on:

@@ -88,10 +88,9 @@ def test_workers_prefetch_the_hinted_ranges_without_changing_results():
     del gone
     t = team.Team(2)
     try:
-        for hint in ([other.ctypes.data, other.nbytes, data.ctypes.data, data.nbytes, 0, 0],
-                     [stale, 1 << 20, 0, 0, 0, 0]):
+        for hint in ([other.ctypes.data, other.nbytes, data.ctypes.data, data.nbytes], [stale, 1 << 20]):
             for _ in range(20):
-                got = _run_matvec(t, data, x, np.array(hint, np.int64))
+                got = _run_matvec(t, data, x, np.array(hint + [0] * (2 * jobs.PF_RANGES - len(hint)), np.int64))
                 np.testing.assert_allclose(got, _expected(w, x), rtol=1e-5, atol=1e-4)
     finally:
         t.close()
@@ -105,7 +104,19 @@ def test_a_decode_mat_vec_hints_the_weights_that_came_next_last_time():
     for _ in range(2):  # one decode step learns the order, the next one uses it
         first.matmul(x)
         second.matmul(x)
-    assert first.next_ranges.tolist() == [b.ctypes.data, b.nbytes, 0, 0, 0, 0]
-    assert second.next_ranges.tolist() == [a.ctypes.data, a.nbytes, 0, 0, 0, 0]
+    assert first.next_ranges[:4].tolist() == [b.ctypes.data, b.nbytes, 0, 0]
+    assert second.next_ranges[:4].tolist() == [a.ctypes.data, a.nbytes, 0, 0]
     first.matmul(x)
     assert dispatch.current_team().desc[jobs.PF0:].tolist() == second.ranges.tolist()
+
+
+def test_the_prefetch_takes_the_first_bytes_each_job_reads():
+    """Up to PREFETCH_MAX bytes in reading order: whole small weights, then the start of the next;
+    a 2:4 weight's planes, read side by side, each in proportion."""
+    budget = dispatch.PREFETCH_MAX
+    small, big = np.empty(budget // 4, np.uint8), np.empty(4 * budget, np.uint8)
+    ranges = dispatch._ranges([(small,), (big,), (small,)]).reshape(-1, 2)
+    assert ranges[:3].tolist() == [[small.ctypes.data, budget // 4], [big.ctypes.data, budget - budget // 4], [0, 0]]
+    values, index = np.empty(2 * budget, np.uint8), np.empty(budget, np.uint8)
+    ranges = dispatch._ranges([(values, index)]).reshape(-1, 2)
+    assert ranges[:2, 1].tolist() == [2 * budget // 3, budget // 3]
