@@ -48,9 +48,9 @@ from .simd import (
 )
 
 HAS_VBMI = bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
-if HAS_VBMI:
-    llvm.initialize_native_asmparser()  # the JIT assembles _pair_lanes's inline vpermi2b
 VECTOR_KERNEL = HAS_VBMI or AVX2  # sparse_rows_q4/_q8 run here (else rows_loop)
+if VECTOR_KERNEL:  # the JIT assembles the kernels' inline assembly (vpermi2b; AVX2's broadcast loads)
+    llvm.initialize_native_asmparser()
 
 I16 = ir.IntType(16)
 SPARSE_ARGS = ("values", "index", "scales", "xq", "xd", "f16", "out", "start", "stop")
@@ -125,16 +125,31 @@ def _bytes_twice(e, ptr):
     return b.shuffle_vector(raw, raw, e.const(I32, 32, list(range(16)) * 2))
 
 
+_BROADCASTS = {8: "vpbroadcastq ($1), $0", 16: "vbroadcasti128 ($1), $0"}
+
+
+def _broadcast_load(e, ptr, nbytes):
+    """<32 x i8>: the 8 or 16 bytes at ptr repeated, loaded with a broadcast (vpbroadcastq /
+    vbroadcasti128 from memory: the load port alone). Inline assembly: LLVM merges a load and
+    repeat with the vpshufb after it into vpermq + vpshufb, and the shuffle port is the one the
+    AVX2 kernel runs short of."""
+    i8p = ir.IntType(8).as_pointer()
+    return e.b.asm(ir.FunctionType(vec(I8, 32), [i8p]), _BROADCASTS[nbytes], "=x,r", [e.b.bitcast(ptr, i8p)],
+                   False, "broadcast")
+
+
 def _pair_lanes_avx2(e, q8, c):
     """_pair_lanes for AVX2 (its own slot order, the same lanes)."""
     b = e.b
-    v32, v8, v16 = vec(I8, 32), vec(I32, 8), vec(I16, 16)
-    words = b.load(b.bitcast(e.gep(e.index, e.mul(c, 8)), I64.as_pointer()), align=1)
-    twice = b.bitcast(_pshufb(e, b.bitcast(e.splat(words, 4), v32), e.const(I8, 32, _AVX2_WORD_BYTES)), v8)
-    first = b.bitcast(b.lshr(twice, e.const(I32, 8, _AVX2_SHIFTS)), v16)
-    second = b.bitcast(b.lshr(twice, e.const(I32, 8, [s + 2 for s in _AVX2_SHIFTS])), v16)
-    joined = b.bitcast(b.shuffle_vector(first, second, e.const(I32, 16, [i + 16 * (i % 2) for i in range(16)])), v32)
-    cols = b.or_(b.and_(joined, e.const(I8, 32, 3)), e.const(I8, 32, _AVX2_SLOT_BASE))
+    v32, v8 = vec(I8, 32), vec(I32, 8)
+    words = _broadcast_load(e, e.gep(e.index, e.mul(c, 8)), 8)  # the pair's two uint32 index words
+    twice = b.bitcast(_pshufb(e, words, e.const(I8, 32, _AVX2_WORD_BYTES)), v8)
+    first = b.lshr(twice, e.const(I32, 8, _AVX2_SHIFTS))
+    second = b.lshr(twice, e.const(I32, 8, [s + 2 for s in _AVX2_SHIFTS]))
+    # bytes 0, 1 of each lane from first, 2, 3 from second, each byte's low 2 bits: masks rather
+    # than a 16-bit blend, which takes the shuffle port
+    joined = b.or_(b.and_(first, e.const(I32, 8, 0x0303)), b.and_(second, e.const(I32, 8, 0x03030000)))
+    cols = b.or_(b.bitcast(joined, v32), e.const(I8, 32, _AVX2_SLOT_BASE))
     block1 = b.icmp_unsigned("!=", e.const(I32, 8, _AVX2_BLOCK1_LANES), e.const(I32, 8, 0))
 
     def blocks_picked(x0, x1, idx):  # lanes of block 2c from x0, of 2c + 1 from x1
@@ -147,10 +162,10 @@ def _pair_lanes_avx2(e, q8, c):
     slot_value = e.const(I8, 32, _AVX2_SLOT_ENTRY)  # the byte of a block's 16 values (Q8), of a pair's (Q4)
     if q8:
         base = e.mul(c, 32)
-        w = blocks_picked(_bytes_twice(e, e.gep(e.values, base)), _bytes_twice(e, e.gep(e.values, e.add(base, 16))),
-                          slot_value)
+        w = blocks_picked(_broadcast_load(e, e.gep(e.values, base), 16),
+                          _broadcast_load(e, e.gep(e.values, e.add(base, 16)), 16), slot_value)
     else:  # nibbles v, values v - 8
-        both = b.bitcast(_pshufb(e, _bytes_twice(e, e.gep(e.values, e.mul(c, 16))), slot_value), v8)
+        both = b.bitcast(_pshufb(e, _broadcast_load(e, e.gep(e.values, e.mul(c, 16)), 16), slot_value), v8)
         v = b.and_(b.bitcast(b.lshr(both, e.const(I32, 8, _AVX2_Q4_SHIFTS)), v32), e.const(I8, 32, 15))
         w = b.sub(v, e.const(I8, 32, 8))
     return e.to_float(idot_signed(e, w, xs))

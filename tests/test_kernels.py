@@ -430,11 +430,16 @@ def test_gelu_mul_is_ggmls_f16_table_and_the_team_job_matches_the_serial_loop():
 def test_the_avx2_paths_on_any_x86_cpu():
     """CI machines differ: on an AVX-512 one the AVX2 kernels (dense row dots, Q8_0's signed dot,
     the prefill GEMM's vpmaddwd, the 2:4 rows) are checked too, with AVX-512 hidden from the
-    kernels (EDGELLM_NO_AVX512, which also gives them a numba cache of their own)."""
+    kernels (EDGELLM_NO_AVX512, which also gives them a numba cache of their own) and from LLVM
+    (NUMBA_CPU_FEATURES: else it lowers the AVX2 code's shuffles with AVX-512 instructions)."""
     if os.uname().machine != "x86_64":
         pytest.skip("x86 only")  # ARM has its own paths; this test is about x86's two
+    import llvmlite.binding as llvm
+
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["EDGELLM_NO_AVX512"] = "1"
+    env["NUMBA_CPU_FEATURES"] = ",".join(("-" if not on or name.startswith(("avx512", "amx")) or name.startswith("avxvnni")
+                                          else "+") + name for name, on in sorted(llvm.get_host_cpu_features().items()))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
          f"{__file__}::test_row_dots_are_simd_code", f"{__file__}::test_matmul_is_x_times_w_transposed",
