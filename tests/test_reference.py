@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgellm.kernels.simd import VNNI
 from edgellm.perplexity import log_softmax
 
 pytestmark = pytest.mark.slow
@@ -61,9 +62,12 @@ def test_greedy_continuations_match_llama_cpp(llm, reference):
     """The core issue's check. It holds because the decode mat-vecs quantize x as llama.cpp
     does (Q8_0 blocks with an f16 scale for legacy weights, Q8_K blocks for K-quants): with a
     float32 scale per 32 values for every type, 1 of the 4 continuations matched, the others
-    leaving at near-ties (benchmarks/llama_cpp_numerics.py measures which roundings matter)."""
+    leaving at near-ties (benchmarks/llama_cpp_numerics.py measures which roundings matter).
+    Machine-dependent: 3/4 with AVX-512 VNNI, 2/4 with AVX2 kernels (emulated; benchmarks/README.md,
+    "Correction (2026-12-03)": the two differ in Q8_0's rounding, and 3/4 rests on VNNI's)."""
     matches = [_greedy_16(llm, case) == case["ids"][:16] for case in reference["greedy"]]
-    assert sum(matches) >= 3, f"first 16 greedy tokens identical for {matches}"
+    assert sum(matches) >= 3, (f"first 16 greedy tokens identical for {matches} (VNNI={VNNI}; AVX2 kernels give "
+                               "2/4: benchmarks/README.md, 'Correction (2026-12-03)')")
 
 
 def test_perplexity_cli_matches_llama_perplexity(model_path, reference_dir):
