@@ -133,64 +133,65 @@ class StringIndex:
 
 # -- the merge loops ---------------------------------------------------------------------------
 
+# The queue: entries (key, left symbol, right symbol, merged bytes) appended to four arrays, and a
+# binary heap of entry ids, the lowest key on top, ties the leftmost pair.
+
+@njit(cache=True, nogil=True, inline="always")
+def _before(key, left, e, f):
+    """Entry e leaves the queue before entry f."""
+    return key[e] < key[f] or (key[e] == key[f] and left[e] < left[f])
+
+
 @njit(cache=True, nogil=True)
-def _push(key, left, right, size, n, k, a, b, m):
-    """Push (k, a, b, m) onto the binary heap of n entries; returns n + 1. The heap's top is the
-    lowest key, ties the leftmost pair."""
+def _push(heap, n, key, left, e):
+    """Entry e into the heap of n entry ids."""
     i = n
-    key[i], left[i], right[i], size[i] = k, a, b, m
-    while i > 0:
+    heap[i] = e
+    while i > 0 and _before(key, left, heap[i], heap[(i - 1) >> 1]):
         p = (i - 1) >> 1
-        if key[p] < key[i] or (key[p] == key[i] and left[p] < left[i]):
-            break
-        key[i], key[p] = key[p], key[i]
-        left[i], left[p] = left[p], left[i]
-        right[i], right[p] = right[p], right[i]
-        size[i], size[p] = size[p], size[i]
+        heap[i], heap[p] = heap[p], heap[i]
         i = p
-    return n + 1
 
 
 @njit(cache=True, nogil=True)
-def _pop(key, left, right, size, n):
-    """Move the heap's top entry to slot n - 1 and restore the heap over the first n - 1."""
+def _pop(heap, n, key, left):
+    """The entry on top of the heap of n entry ids, taken out (n - 1 are left)."""
+    top = heap[0]
     n -= 1
-    key[0], key[n] = key[n], key[0]
-    left[0], left[n] = left[n], left[0]
-    right[0], right[n] = right[n], right[0]
-    size[0], size[n] = size[n], size[0]
+    heap[0] = heap[n]
     i = 0
     while 2 * i + 1 < n:
         c = 2 * i + 1
-        if c + 1 < n and (key[c + 1] < key[c] or (key[c + 1] == key[c] and left[c + 1] < left[c])):
+        if c + 1 < n and _before(key, left, heap[c + 1], heap[c]):
             c += 1
-        if key[i] < key[c] or (key[i] == key[c] and left[i] < left[c]):
+        if not _before(key, left, heap[c], heap[i]):
             break
-        key[i], key[c] = key[c], key[i]
-        left[i], left[c] = left[c], left[i]
-        right[i], right[c] = right[c], right[i]
-        size[i], size[c] = size[c], size[i]
+        heap[i], heap[c] = heap[c], heap[i]
         i = c
-    return n
+    return top
 
 
 @njit(cache=True, nogil=True)
-def _queue(heap, q, text, start, a, b, length, blob, offsets, table, scores, m_blob, m_offsets, m_table):
-    """Queue the pair of symbols a, b if it can merge; returns the heap's new size.
+def _queue(queue, counts, text, start, a, b, length, blob, offsets, table, scores, m_blob, m_offsets, m_table):
+    """Queue the pair of symbols a, b if it can merge (counts: heap size, entries).
     SPM when scores has entries (key: -score of the merged token), else BPE (key: merge rank)."""
     a0, b0 = start + a, start + b
     if scores.size > 0:
         t = _find(blob, offsets, table, text, a0, b0 + length[b], _NO, _NO)
         if t < 0:
-            return q
+            return
         k = -np.float64(scores[t])
     else:
         t = _find(m_blob, m_offsets, m_table, text, a0, a0 + length[a], b0, b0 + length[b])
         if t < 0:
-            return q
+            return
         k = np.float64(t)
-    key, left, right, size = heap
-    return _push(key, left, right, size, q, k, a, b, length[a] + length[b])
+    heap, key, left, right, size = queue
+    e = counts[1]
+    key[e], left[e], right[e], size[e] = k, a, b, length[a] + length[b]
+    _push(heap, counts[0], key, left, e)
+    counts[0] += 1
+    counts[1] += 1
 
 
 @njit(cache=True, nogil=True)
@@ -211,27 +212,30 @@ def _merge(text, start, end, blob, offsets, table, scores, m_blob, m_offsets, m_
             prv[i + length[i]] = i
         i += length[i]
     cap = 3 * n + 1  # n - 1 pairs to start with, at most two more per merge
-    heap = (np.empty(cap, np.float64), np.empty(cap, np.int64), np.empty(cap, np.int64),
-            np.empty(cap, np.int64))  # key, left symbol, right symbol, merged bytes
-    key, left, right, size = heap
-    q = _ZERO
+    queue = (np.empty(cap, np.int64), np.empty(cap, np.float64), np.empty(cap, np.int64),
+             np.empty(cap, np.int64), np.empty(cap, np.int64))  # heap; key, left, right, size
+    heap, key, left, right, size = queue
+    counts = np.zeros(2, np.int64)
     a = _ZERO
     while nxt[a] >= 0:
-        q = _queue(heap, q, text, start, a, nxt[a], length, blob, offsets, table, scores, m_blob, m_offsets, m_table)
+        _queue(queue, counts, text, start, a, nxt[a], length, blob, offsets, table, scores, m_blob, m_offsets, m_table)
         a = nxt[a]
-    while q > 0:
-        q = _pop(key, left, right, size, q)
-        a, b = left[q], right[q]
-        if length[a] == 0 or length[b] == 0 or length[a] + length[b] != size[q]:
+    while counts[0] > 0:
+        e = _pop(heap, counts[0], key, left)
+        counts[0] -= 1
+        a, b = left[e], right[e]
+        if length[a] == 0 or length[b] == 0 or length[a] + length[b] != size[e]:
             continue  # one side changed since this pair was queued
         length[a] += length[b]
         length[b] = 0
         nxt[a] = nxt[b]
         if nxt[a] >= 0:
             prv[nxt[a]] = a
-            q = _queue(heap, q, text, start, a, nxt[a], length, blob, offsets, table, scores, m_blob, m_offsets, m_table)
+            _queue(queue, counts, text, start, a, nxt[a], length, blob, offsets, table, scores, m_blob, m_offsets,
+                   m_table)
         if prv[a] >= 0:
-            q = _queue(heap, q, text, start, prv[a], a, length, blob, offsets, table, scores, m_blob, m_offsets, m_table)
+            _queue(queue, counts, text, start, prv[a], a, length, blob, offsets, table, scores, m_blob, m_offsets,
+                   m_table)
     return length, nxt
 
 
