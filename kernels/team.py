@@ -19,9 +19,10 @@ A post writes the descriptor, DONE = 0, then LEFT = N_ITEMS (sequentially consis
 that claims an item has seen the whole descriptor. A worker that ran items of a job and finds
 none left fetches desc[PF0:] (jobs.py: the byte ranges the next decode mat-vec will read) into
 its cache, a page at a time until the next post: a layer's small matrices otherwise come from
-DRAM at a third of the rate of one long stream, the start of each a cold miss. The posting thread works on its own job too,
-so a team of n threads has n - 1 workers. Python posts a job in two calls: a kernel's fill
-function writes the descriptor, then Team.run() runs it (both under Team.lock).
+DRAM at a third of the rate of one long stream, the start of each a cold miss. The posting
+thread works on its own job too, so a team of n threads has n - 1 workers. Python posts a job
+in two calls: a kernel's fill function writes the descriptor, then Team.run() runs it (both
+under Team.lock).
 """
 
 from __future__ import annotations

@@ -438,8 +438,8 @@ def test_the_avx2_paths_on_any_x86_cpu():
 
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["EDGELLM_NO_AVX512"] = "1"
-    env["NUMBA_CPU_FEATURES"] = ",".join(("-" if not on or name.startswith(("avx512", "amx")) or name.startswith("avxvnni")
-                                          else "+") + name for name, on in sorted(llvm.get_host_cpu_features().items()))
+    env["NUMBA_CPU_FEATURES"] = ",".join(("-" if not on or name.startswith(("avx512", "amx", "avxvnni")) else "+") + name
+                                         for name, on in sorted(llvm.get_host_cpu_features().items()))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
          f"{__file__}::test_row_dots_are_simd_code", f"{__file__}::test_matmul_is_x_times_w_transposed",

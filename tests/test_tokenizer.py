@@ -120,7 +120,7 @@ def test_stream_flushes_an_unfinished_character_as_replacement(tok):
 def test_the_vocabulary_is_held_in_bytes_not_python_objects(model_path):
     """262k tokens as a str each plus a dict to find them took ~40 MB; as one buffer of bytes, a
     hash table and numpy arrays they take under 40 bytes a token, parsing included."""
-    GGUFFile(model_path)  # numba's kernels load once, outside the measurement
+    Tokenizer.from_metadata(GGUFFile(model_path).metadata)  # numba's kernels load (or compile) outside it
     tracemalloc.start()
     try:
         metadata = GGUFFile(model_path).metadata
