@@ -11,11 +11,12 @@ K-quant weights llama.cpp's Q8_K blocks, one scale per 256 repeated in its 8 slo
 xs32 / xs16, the sums of xq * xd over each 32 / 16 values. Per 32 weights, the block's unsigned
 integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the integer unit: 8
 int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then
-vpmaddwd by ones, and Q8_0's signed codes against x with their signs, since w + 128 would
-overflow vpmaddubsw's int16 sums; elsewhere plain vector integer math for LLVM to lower: on
-x86 that lowering took 4-5x the instructions of the AVX2 path). The lanes become floats once
-per block and are scaled by d_w * xd into a float accumulator. A block's offset or minimum never touches the
-lanes:
+vpmaddwd by ones; Q8_0's w + 128 would overflow vpmaddubsw's int16 sums, so there its signed
+codes go against x with their signs and 128 . xq is added: the same lanes; elsewhere plain
+vector integer math for LLVM to lower: on x86 that lowering took 4-5x the instructions of the
+AVX2 path). Every CPU computes the same lanes and the same float arithmetic after them: the
+same logits everywhere. The lanes become floats once per block and are scaled by d_w * xd into
+a float accumulator. A block's offset or minimum never touches the lanes:
 
     sum_j d (u_j - z) xq_j xd  =  d xd sum_j u_j xq_j  -  d z xs32
 
@@ -44,6 +45,9 @@ from numba.extending import intrinsic
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
 FAST = ("fast",)  # lane arithmetic may be reassociated and contracted (dots, not exact values)
+# Contracted into FMAs but added in the order written: where LLVM's choice of order would
+# depend on the vector width, and so the bits on the CPU
+IN_ORDER = ("contract",)
 
 
 def vec(t, n):
@@ -132,15 +136,15 @@ class Emitter:
     def to_float(self, ints):
         return self.b.sitofp(ints, vec(F32, ints.type.count))
 
-    def fmul(self, a, b):
-        return self.b.fmul(a, b, flags=FAST)
+    def fmul(self, a, b, flags=FAST):
+        return self.b.fmul(a, b, flags=flags)
 
-    def fadd(self, a, b):
-        return self.b.fadd(a, b, flags=FAST)
+    def fadd(self, a, b, flags=FAST):
+        return self.b.fadd(a, b, flags=flags)
 
-    def fma(self, a, b, acc):
+    def fma(self, a, b, acc, flags=FAST):
         """acc + a * b, contracted into an FMA where the CPU has one."""
-        return self.fadd(acc, self.fmul(a, b))
+        return self.fadd(acc, self.fmul(a, b, flags), flags)
 
     def halves(self, v):
         n = v.type.count // 2
@@ -206,7 +210,7 @@ def idot(e, u, q, acc=None):
     """<8 x i32>: acc + (lane i = sum over j < 4 of u[4i + j] * q[4i + j]), for u <32 x i8>
     unsigned codes and q <32 x i8> signed (|q| <= 127): exact, no overflow. Without VNNI, u
     must stay below 129 (AVX2's vpmaddubsw sums two products in int16); Q8_0 takes
-    idot_signed instead."""
+    idot_q8_0 instead."""
     b = e.b
     acc = acc if acc is not None else e.const(I32, 8, 0)
     if VNNI:
@@ -235,6 +239,29 @@ def idot_signed(e, w, q, acc=None):
         return idot(e, magnitude, sign, acc)
     flip = e.const(I8, 32, -128)
     return b.sub(idot(e, b.xor(w, flip), q, acc), idot(e, flip, q))
+
+
+Q8_0_SPLIT = AVX2 and not VNNI  # Q8_0's u . q as w . q + 128 . q (idot_q8_0)
+
+
+def idot_q8_0(e, sub, q, v):
+    """idot of Q8_0's u = w + 128 (0..255) against q (x's 32 values v), the same int32 lanes on
+    every CPU, so that the float arithmetic after them, and the logits, are the same too: VNNI's
+    vpdpbusd and the plain integer math take u as it is; AVX2, whose vpmaddubsw would saturate
+    on u . q, adds 128 . q (e.q128[v], made once per call: _q128) to the exact w . q."""
+    if Q8_0_SPLIT:
+        return e.b.add(idot_signed(e, sub.w, q), e.b.load(e.gep(e.q128, v), align=4))
+    return idot(e, sub.u, q)
+
+
+def _q128(e, n, blocks):
+    """<8 x i32> [n * blocks] on the stack: idot of 128 by each x row's 32 values (idot_q8_0)."""
+    b = e.b
+    out = b.alloca(vec(I32, ILANES), size=b.mul(n, blocks))
+    with cgutils.for_range(b, b.mul(n, blocks)) as loop:
+        q = b.load(b.bitcast(e.gep(e.xq, e.mul(loop.index, 32)), vec(I8, 32).as_pointer()), align=1)
+        b.store(idot(e, e.const(I8, 32, -128), q), e.gep(out, loop.index), align=4)  # -128: the byte 128
+    return out
 
 
 def _sum_pairs(e, pairs):
@@ -274,9 +301,8 @@ class Sub:
 
     u: <32 x i8> unsigned codes; scale, off: float. Q6_K scales each 16 on its own: scale_hi
     and off_hi (not None) are those of values 16-31, and off then goes with the sum of x over
-    values 0-15 only. w (Q8_0): the signed codes u - 128, value j = scale * w[j], which the
-    decode dot takes instead of u and off where the CPU has no unsigned x signed byte dot that
-    fits u (idot_signed)."""
+    values 0-15 only. w (Q8_0): the signed codes u - 128, from which the decode dot makes u's
+    lanes where the CPU has no unsigned x signed byte dot that fits u (idot_q8_0)."""
     u: ir.Value
     scale: ir.Value
     off: ir.Value | None = None
@@ -479,13 +505,10 @@ def _dot_quant(e, qt: QuantType, n_cols):
         for i, sub in enumerate(subs):
             slot = (first_slot + i) % 2
             v = e.add(e.mul(b, len(subs)), i)  # this Sub's index among the row's 32s
-            signed = sub.w is not None and not VNNI
             xq = _xq(e, e.mul(v, 32))
-            lanes = e.to_float(idot_signed(e, sub.w, xq) if signed else idot(e, sub.u, xq))
+            lanes = e.to_float(idot(e, sub.u, xq) if sub.w is None else idot_q8_0(e, sub, xq, v))
             scales = lane_scales(e, sub, e.scalar(e.xd, v))
             builder.store(e.fma(scales, lanes, builder.load(accs[slot])), accs[slot])
-            if signed:
-                continue  # w = u - 128: no offset term
             off = builder.load(offs[slot])
             if sub.off_hi is not None:
                 off = e.fma(sub.off, e.scalar(e.xs16, e.mul(v, 2)), off)
@@ -569,6 +592,7 @@ def _rows(name, dot):
             rows, row_bytes = e.shape(0, 0), e.shape(0, 1)
             n, n_cols = e.shape(1, 0), e.shape(1, 1)
             blocks32, blocks16 = builder.udiv(n_cols, ir.Constant(I64, 32)), builder.udiv(n_cols, ir.Constant(I64, 16))
+            q128 = _q128(e, n, blocks32) if name == "q8_0" and Q8_0_SPLIT else None
             with cgutils.for_range_slice(builder, e.start, e.stop, ir.Constant(I64, 1)) as (r, _):
                 row = e.at_row(e.gep(e.data, builder.mul(r, row_bytes)))
                 with cgutils.for_range(builder, n) as loop:
@@ -577,6 +601,8 @@ def _rows(name, dot):
                     one.x, one.xq = e.gep(e.x, builder.mul(k, n_cols)), e.gep(e.xq, builder.mul(k, n_cols))
                     one.xd, one.xs32 = e.gep(e.xd, builder.mul(k, blocks32)), e.gep(e.xs32, builder.mul(k, blocks32))
                     one.xs16 = e.gep(e.xs16, builder.mul(k, blocks16))
+                    if q128 is not None:
+                        one.q128 = e.gep(q128, builder.mul(k, blocks32))
                     builder.store(dot(one, n_cols), e.gep(e.out, builder.add(builder.mul(k, rows), r)))
 
         return sig, outlined(f"rows_{name}", codegen)

@@ -427,19 +427,25 @@ def test_gelu_mul_is_ggmls_f16_table_and_the_team_job_matches_the_serial_loop():
 
 
 @pytest.mark.slow
-def test_the_avx2_paths_on_any_x86_cpu():
-    """CI machines differ: on an AVX-512 one the AVX2 kernels (dense row dots, Q8_0's signed dot,
-    the prefill GEMM's vpmaddwd, the 2:4 rows) are checked too, with AVX-512 hidden from the
+def _avx2_env() -> dict[str, str]:
+    """The environment of a process whose kernels take the AVX2 paths: AVX-512 hidden from the
     kernels (EDGELLM_NO_AVX512, which also gives them a numba cache of their own) and from LLVM
     (NUMBA_CPU_FEATURES: else it lowers the AVX2 code's shuffles with AVX-512 instructions)."""
     if os.uname().machine != "x86_64":
-        pytest.skip("x86 only")  # ARM has its own paths; this test is about x86's two
+        pytest.skip("x86 only")  # ARM has its own paths; these tests are about x86's two
     import llvmlite.binding as llvm
 
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["EDGELLM_NO_AVX512"] = "1"
     env["NUMBA_CPU_FEATURES"] = ",".join(("-" if not on or name.startswith(("avx512", "amx", "avxvnni")) else "+") + name
                                          for name, on in sorted(llvm.get_host_cpu_features().items()))
+    return env
+
+
+def test_the_avx2_paths_on_any_x86_cpu():
+    """CI machines differ: on an AVX-512 one the AVX2 kernels (dense row dots, Q8_0's signed dot,
+    the prefill GEMM's vpmaddwd, the 2:4 rows) are checked too (_avx2_env)."""
+    env = _avx2_env()
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
          f"{__file__}::test_row_dots_are_simd_code", f"{__file__}::test_matmul_is_x_times_w_transposed",
@@ -449,3 +455,35 @@ def test_the_avx2_paths_on_any_x86_cpu():
         capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+_MATMULS = """
+import sys
+import numpy as np
+from edgellm.kernels import matmul
+inputs = np.load(sys.argv[1])
+np.savez(sys.argv[2], **{key: matmul(inputs["x" + key], inputs["w" + key], int(inputs["t" + key]), inputs["x" + key].shape[1])
+                         for key in [k[1:] for k in inputs.files if k[0] == "w"]})
+"""
+
+
+@pytest.mark.parametrize("n", [1, 64])
+def test_every_x86_path_computes_the_same_bits(tensors, tmp_path, n):
+    """The decode rows (n = 1) and the prefill GEMM (64 tokens) give bit-identical products with
+    the AVX-512 VNNI and the AVX2 kernels, so a model's logits and greedy tokens do not depend
+    on which x86 CPU runs it (on an AVX2 machine both runs take the AVX2 paths)."""
+    env = _avx2_env()
+    rng = np.random.default_rng(n)
+    inputs = {}
+    for qtype in ALL_TYPES:
+        data, n_cols = tensors[qtype]
+        inputs |= {f"w{qtype.name}": data, f"t{qtype.name}": np.int64(qtype),
+                   f"x{qtype.name}": rng.standard_normal((n, n_cols), dtype=np.float32)}
+    np.savez(tmp_path / "in.npz", **inputs)
+    result = subprocess.run([sys.executable, "-c", _MATMULS, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                            capture_output=True, text=True, env=env, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    avx2 = np.load(tmp_path / "out.npz")
+    differ = [qtype.name for qtype in ALL_TYPES
+              if not np.array_equal(avx2[qtype.name], matmul(inputs[f"x{qtype.name}"], tensors[qtype][0], qtype, tensors[qtype][1]))]
+    assert not differ, f"the AVX2 kernels round differently for {differ}"
