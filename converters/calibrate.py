@@ -57,6 +57,10 @@ class _Collector:
     def __init__(self, hessian: bool):
         self.hessian = hessian
         self.by_name: dict[str, LayerStats] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        self.by_name.clear()
         self._last_x = self._last_stats = None
 
     def record(self, name: str, x: np.ndarray) -> None:
@@ -115,6 +119,8 @@ def collect(model_path: str | os.PathLike, calib: str | os.PathLike, n_tokens: i
 
     with sparse.weight_wrapper(wrap):
         llm = edgellm.load(model_path, ctx=CHUNK)
+    llm.prepare()  # the warm-up passes (garbage in a dry run) before anything counts
+    collector.clear()
     ids = read_calibration_tokens(llm, calib, n_tokens)
     bos = llm.tokenizer.bos_id if llm.tokenizer.add_bos else None
     step = CHUNK - (bos is not None)

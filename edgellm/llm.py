@@ -25,7 +25,7 @@ from edgellm.kernels import set_num_threads, team
 from edgellm.kv_cache import KVCache
 from edgellm.models import ARCHITECTURES
 from edgellm.sampling import Sampler, SamplingParams
-from edgellm.system import peak_rss_mb, physical_cores
+from edgellm.system import peak_rss_mb, physical_cores, release_library_pages
 from edgellm.tokenizer import Tokenizer
 
 
@@ -93,6 +93,7 @@ class LLM:
         # Called once, before the first forward pass, if that pass will compile the kernels
         # (a fresh install): front ends set it to say so instead of going silent for seconds.
         self.on_compile = None
+        self._kernels_ready = False  # _compile_if_needed has run
         self._chat_session = None  # created by the first chat() call
 
     def set_context(self, n_ctx: int, swa_margin: int = 0) -> None:
@@ -141,37 +142,56 @@ class LLM:
         self.kv_cache.n_past += len(ids)
         return logits
 
+    def prepare(self) -> None:
+        """What the first forward pass does first (_compile_if_needed), now: for a caller that
+        watches the passes (calibration) and must not count the warm-up's."""
+        self._compile_if_needed(0)
+
     def _compile_if_needed(self, token: int) -> None:
-        """Before the first pass of a fresh install (on_compile set, the kernels not in numba's
-        cache): call on_compile, then, if the cache is empty, compile the kernels on a warm-up
-        pass as llama.cpp warms up, so that the pass a caller times does not include it."""
-        if self.on_compile is None:
+        """Before the first pass: every kernel the passes run made ready, then the compiler's
+        pages given back (LLVM's code, ~68 MiB resident, serves nothing once the kernels are
+        loaded). On a fresh install (on_compile set, the kernels not in numba's cache) on_compile
+        is called and the kernels compile on warm-up passes, as llama.cpp warms up, so that the
+        pass a caller times does not include it; otherwise a dry run loads them from the cache
+        (~70 ms), before any weight is read, so that the compiler's pages and the model's are
+        never resident together."""
+        if self._kernels_ready:
             return
         notice, self.on_compile = self.on_compile, None
         from edgellm.kernels import needs_compiling
 
-        if needs_compiling():
+        compiling = notice is not None and needs_compiling()
+        if compiling:
             notice()
-            if self.kv_cache.n_past == 0:
-                self._warm_up(token)
+        if self.kv_cache.n_past:  # the warm-up passes need the empty cache
+            return
+        self._kernels_ready = True
+        self._warm_up(token, dry=not compiling)
+        team.load_team_code()
+        release_library_pages("libllvmlite")
 
-    def _warm_up(self, token: int) -> None:
+    def _warm_up(self, token: int, dry: bool) -> None:
         """A batch long enough for the prefill paths (the parallel element-wise loops start at
-        64k values) and one decode step, through the empty cache, emptied again afterwards."""
+        64k values) and one decode step, through the empty cache, emptied again afterwards.
+        dry: every team job skipped (no weight read), for loading the kernels only."""
         n = min(WARM_UP_TOKENS, self.kv_cache.n_ctx - 1)
         if n < 1:
             return
         with self._blas.limit(limits=1, user_api="blas"):
-            if team.start_compiling_serve():  # under way in a second process: compile the rest here
-                with team.dry_run(), np.errstate(all="ignore"):  # the jobs' outputs are garbage
-                    self._warm_up_passes(token, n)
+            if dry or team.start_compiling_serve():  # serve under way in a second process: compile the rest here
+                # the jobs' outputs are garbage (NaNs too), kept out of the real cache: stale
+                # slots there are masked, and a NaN times a zero weight is NaN
+                with team.dry_run(), np.errstate(all="ignore"):
+                    self._warm_up_passes(token, n, KVCache(self.hparams, n + 1, self.kv_type))
+                if dry:
+                    return
                 team.wait_for_serve()
-            self._warm_up_passes(token, n)
+            self._warm_up_passes(token, n, self.kv_cache)
 
-    def _warm_up_passes(self, token: int, n: int) -> None:
-        self.model.forward(np.full(n, token, np.int64), np.arange(n, dtype=np.int64), self.kv_cache, False)
-        self.model.forward(np.array([token], np.int64), np.array([n], np.int64), self.kv_cache, False)
-        self.kv_cache.truncate(0)
+    def _warm_up_passes(self, token: int, n: int, cache: KVCache) -> None:
+        self.model.forward(np.full(n, token, np.int64), np.arange(n, dtype=np.int64), cache, False)
+        self.model.forward(np.array([token], np.int64), np.array([n], np.int64), cache, False)
+        cache.truncate(0)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 [len(ids), n_vocab]: each position's next-token logits, fresh context, one pass."""

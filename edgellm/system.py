@@ -36,6 +36,35 @@ def physical_cores() -> int:
     return max(1, min(len(cores), len(allowed)) if cores else len(allowed))
 
 
+MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now (file pages come back from the file if touched)
+
+
+def release_library_pages(prefix: str) -> int:
+    """Ask Linux to reclaim this process's resident pages of the read-only mappings of the
+    shared libraries whose file names start with prefix (code and constants: clean pages, read
+    back from the file if touched again; writable ones are left alone). Returns the bytes of
+    the mappings advised; 0 where the system cannot (not Linux, before 5.4)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read().splitlines()
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advised = 0
+    for line in maps:
+        fields = line.split()  # start-end perms offset dev inode [path]
+        if len(fields) < 6 or "w" in fields[1] or not os.path.basename(fields[5]).startswith(prefix):
+            continue
+        start, end = (int(v, 16) for v in fields[0].split("-"))
+        if madvise(start, end - start, MADV_PAGEOUT) != 0:
+            return advised  # EINVAL: a kernel without MADV_PAGEOUT
+        advised += end - start
+    return advised
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -36,7 +36,7 @@ import threading
 import time
 
 import numpy as np
-from numba import njit
+from numba import njit, types
 
 from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, prefetch
 from .jobs import DESC_SIZE, N_ITEMS, PF0, PF_RANGES, run_item
@@ -176,6 +176,15 @@ def wait_for_serve() -> None:
     with _compiler_lock:
         if _compiler == running:
             _compiler.clear()
+
+
+def load_team_code() -> None:
+    """serve's and woke's machine code in this process now (from the disk cache, or compiled
+    here), rather than on a first job or a worker's first wake-up: before a caller gives the
+    compiler's pages back (LLM._compile_if_needed)."""
+    wait_for_serve()
+    serve.compile((types.int64[::1], types.int64[::1], types.boolean, types.int64))
+    woke.compile((types.int64[::1],))
 
 
 @contextlib.contextmanager
