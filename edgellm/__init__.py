@@ -26,7 +26,7 @@ def _numba_cache_dir() -> str:
         folders += list(spec.submodule_search_locations or []) if spec else []
     except (ImportError, ValueError):
         pass
-    digest = hashlib.sha1(_os.environ.get("EDGELLM_NO_AVX512", "").encode())  # kernels.simd: other code
+    digest = hashlib.sha1("|".join(_os.environ.get(k, "") for k in ("EDGELLM_NO_AVX512", "EDGELLM_GENERIC_SIMD")).encode())  # kernels.simd: other code
     for folder in folders:
         for name in sorted(_os.listdir(folder)):
             if name.endswith(".py"):

@@ -170,10 +170,11 @@ PREFETCH_BYTES = 4096
 CPU_FEATURES = dict(llvm.get_host_cpu_features())
 if os.environ.get("EDGELLM_NO_AVX512"):  # the AVX2 paths on an AVX-512 CPU (tests; a cache folder of its own)
     CPU_FEATURES = {k: v and not k.startswith("avx512") and k != "avxvnni" for k, v in CPU_FEATURES.items()}
-_X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
-VNNI_512 = _X86 and bool(CPU_FEATURES.get("avx512vnni"))
-VNNI = VNNI_512 and bool(CPU_FEATURES.get("avx512vl")) or _X86 and bool(CPU_FEATURES.get("avxvnni"))  # 256-bit forms
-AVX2 = _X86 and bool(CPU_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
+# EDGELLM_GENERIC_SIMD: none of the x86 paths, the code ARM and other CPUs run (tests on x86)
+X86 = not os.environ.get("EDGELLM_GENERIC_SIMD") and llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
+VNNI_512 = X86 and bool(CPU_FEATURES.get("avx512vnni"))
+VNNI = VNNI_512 and bool(CPU_FEATURES.get("avx512vl")) or X86 and bool(CPU_FEATURES.get("avxvnni"))  # 256-bit forms
+AVX2 = X86 and bool(CPU_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
 
 
 def declare(module, name, ret, args):

@@ -44,10 +44,11 @@ from numba.extending import intrinsic
 from .floats import half_to_float
 from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
 from .simd import (
-    AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined, vec,
+    X86, AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined,
+    vec,
 )
 
-HAS_VBMI = bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
+HAS_VBMI = X86 and bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
 VECTOR_KERNEL = HAS_VBMI or AVX2  # sparse_rows_q4/_q8 run here (else rows_loop)
 if VECTOR_KERNEL:  # the JIT assembles the kernels' inline assembly (vpermi2b; AVX2's broadcast loads)
     llvm.initialize_native_asmparser()

@@ -427,16 +427,17 @@ def test_gelu_mul_is_ggmls_f16_table_and_the_team_job_matches_the_serial_loop():
 
 
 @pytest.mark.slow
-def _avx2_env() -> dict[str, str]:
+def _avx2_env(generic: bool = False) -> dict[str, str]:
     """The environment of a process whose kernels take the AVX2 paths: AVX-512 hidden from the
     kernels (EDGELLM_NO_AVX512, which also gives them a numba cache of their own) and from LLVM
-    (NUMBA_CPU_FEATURES: else it lowers the AVX2 code's shuffles with AVX-512 instructions)."""
+    (NUMBA_CPU_FEATURES: else it lowers the AVX2 code's shuffles with AVX-512 instructions).
+    generic: the paths of CPUs with no x86 code here (ARM's; EDGELLM_GENERIC_SIMD) instead."""
     if os.uname().machine != "x86_64":
         pytest.skip("x86 only")  # ARM has its own paths; these tests are about x86's two
     import llvmlite.binding as llvm
 
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env["EDGELLM_NO_AVX512"] = "1"
+    env["EDGELLM_GENERIC_SIMD" if generic else "EDGELLM_NO_AVX512"] = "1"
     env["NUMBA_CPU_FEATURES"] = ",".join(("-" if not on or name.startswith(("avx512", "amx", "avxvnni")) else "+") + name
                                          for name, on in sorted(llvm.get_host_cpu_features().items()))
     return env
@@ -468,11 +469,13 @@ np.savez(sys.argv[2], **{key: matmul(inputs["x" + key], inputs["w" + key], int(i
 
 
 @pytest.mark.parametrize("n", [1, 64])
-def test_every_x86_path_computes_the_same_bits(tensors, tmp_path, n):
+@pytest.mark.parametrize("path", ["avx2", "generic"])
+def test_every_kernel_path_computes_the_same_bits(tensors, tmp_path, path, n):
     """The decode rows (n = 1) and the prefill GEMM (64 tokens) give bit-identical products with
-    the AVX-512 VNNI and the AVX2 kernels, so a model's logits and greedy tokens do not depend
-    on which x86 CPU runs it (on an AVX2 machine both runs take the AVX2 paths)."""
-    env = _avx2_env()
+    the AVX-512 VNNI, the AVX2 and the generic kernels (ARM's, here lowered for x86), so a
+    model's logits and greedy tokens do not depend on which x86 CPU runs it (on an AVX2 machine
+    the first two runs take the same paths)."""
+    env = _avx2_env(generic=path == "generic")
     rng = np.random.default_rng(n)
     inputs = {}
     for qtype in ALL_TYPES:
@@ -486,4 +489,4 @@ def test_every_x86_path_computes_the_same_bits(tensors, tmp_path, n):
     avx2 = np.load(tmp_path / "out.npz")
     differ = [qtype.name for qtype in ALL_TYPES
               if not np.array_equal(avx2[qtype.name], matmul(inputs[f"x{qtype.name}"], tensors[qtype][0], qtype, tensors[qtype][1]))]
-    assert not differ, f"the AVX2 kernels round differently for {differ}"
+    assert not differ, f"the {path} kernels round differently for {differ}"

@@ -65,7 +65,7 @@ def test_greedy_continuations_match_llama_cpp(llm, reference):
     Near-ties decide it either way: llama.cpp itself, with plain instead of repacked weight
     buffers, matches 3 of its own 4; Q8_0 rows rounded as llama.cpp's integer dot does give 2/4
     (benchmarks/README.md, "Correction (2026-12-03)"). Every x86 path computes the same bits
-    (test_kernels.py::test_every_x86_path_computes_the_same_bits), so the count is the same on
+    (test_kernels.py::test_every_kernel_path_computes_the_same_bits), so the count is the same on
     any x86 CPU."""
     matches = [_greedy_16(llm, case) == case["ids"][:16] for case in reference["greedy"]]
     assert sum(matches) >= 3, f"first 16 greedy tokens identical for {matches}"
