@@ -11,12 +11,14 @@ K-quant weights llama.cpp's Q8_K blocks, one scale per 256 repeated in its 8 slo
 xs32 / xs16, the sums of xq * xd over each 32 / 16 values. Per 32 weights, the block's unsigned
 integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the integer unit: 8
 int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then
-vpmaddwd by ones; Q8_0's w + 128 would overflow vpmaddubsw's int16 sums, so there its signed
-codes go against x with their signs and 128 . xq is added: the same lanes; elsewhere plain
-vector integer math for LLVM to lower: on x86 that lowering took 4-5x the instructions of the
-AVX2 path). Every CPU computes the same lanes and the same float arithmetic after them: the
-same logits everywhere. The lanes become floats once per block and are scaled by d_w * xd into
-a float accumulator. A block's offset or minimum never touches the lanes:
+vpmaddwd by ones; ARM with the dot product extension: two sdot; elsewhere plain vector integer
+math for LLVM to lower, which took 4-5x the instructions of the AVX2 path on x86 and 3.5-4.6x
+those of sdot on AArch64). Q8_0's w + 128 would overflow vpmaddubsw's int16 sums and is no
+signed byte for sdot, so there its signed codes w go in and 128 . xq is added: the same lanes.
+Every path computes the same lanes and the same float arithmetic after them: the same logits on
+every x86 CPU (tests/test_kernels.py; ARM's lowering of the K-quants' float sums differs by
+rounding). The lanes become floats once per block and are scaled by d_w * xd into a float
+accumulator. A block's offset or minimum never touches the lanes:
 
     sum_j d (u_j - z) xq_j xd  =  d xd sum_j u_j xq_j  -  d z xs32
 
@@ -175,6 +177,8 @@ X86 = not os.environ.get("EDGELLM_GENERIC_SIMD") and llvm.get_process_triple().s
 VNNI_512 = X86 and bool(CPU_FEATURES.get("avx512vnni"))
 VNNI = VNNI_512 and bool(CPU_FEATURES.get("avx512vl")) or X86 and bool(CPU_FEATURES.get("avxvnni"))  # 256-bit forms
 AVX2 = X86 and bool(CPU_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
+# ARMv8.2's dot product (sdot): Raspberry Pi 5 (Cortex-A76), Apple M, Graviton 2+; not the Pi 4
+DOTPROD = llvm.get_process_triple().startswith(("aarch64", "arm64")) and bool(CPU_FEATURES.get("dotprod"))
 
 
 def declare(module, name, ret, args):
@@ -210,10 +214,15 @@ def outlined(tag, codegen):
 def idot(e, u, q, acc=None):
     """<8 x i32>: acc + (lane i = sum over j < 4 of u[4i + j] * q[4i + j]), for u <32 x i8>
     unsigned codes and q <32 x i8> signed (|q| <= 127): exact, no overflow. Without VNNI, u
-    must stay below 129 (AVX2's vpmaddubsw sums two products in int16); Q8_0 takes
-    idot_q8_0 instead."""
+    must stay below 129 (AVX2's vpmaddubsw sums two products in int16), with DOTPROD below 128
+    (sdot's bytes are signed: there u may be any signed byte instead); Q8_0 takes idot_q8_0."""
     b = e.b
     acc = acc if acc is not None else e.const(I32, 8, 0)
+    if DOTPROD:  # sdot: 4 int32 lanes of 4 signed byte products per 16 bytes, the same lanes
+        v16, v4 = vec(I8, 16), vec(I32, 4)
+        fn = declare(b.module, "llvm.aarch64.neon.sdot.v4i32.v16i8", v4, [v4, v16, v16])
+        lo, hi = (b.call(fn, [a, x, y]) for a, x, y in zip(e.halves(acc), e.halves(u), e.halves(q)))
+        return b.shuffle_vector(lo, hi, e.const(I32, 8, list(range(8))))
     if VNNI:
         v8 = vec(I32, 8)
         fn = declare(b.module, "llvm.x86.avx512.vpdpbusd.256", v8, [v8, v8, v8])
@@ -230,8 +239,10 @@ def idot(e, u, q, acc=None):
 
 def idot_signed(e, w, q, acc=None):
     """idot for signed codes w <32 x i8> (-128..127): on AVX2 |w| against q with w's sign (both
-    within vpmaddubsw's range), elsewhere idot of w + 128 minus 128 * q."""
+    within vpmaddubsw's range), with DOTPROD w as it is, elsewhere idot of w + 128 minus 128 * q."""
     b = e.b
+    if DOTPROD:
+        return idot(e, w, q, acc)
     if AVX2 and not VNNI:
         v32 = vec(I8, 32)
         sign = b.call(declare(b.module, "llvm.x86.avx2.psign.b", v32, [v32, v32]), [q, w])
@@ -242,14 +253,15 @@ def idot_signed(e, w, q, acc=None):
     return b.sub(idot(e, b.xor(w, flip), q, acc), idot(e, flip, q))
 
 
-Q8_0_SPLIT = AVX2 and not VNNI  # Q8_0's u . q as w . q + 128 . q (idot_q8_0)
+Q8_0_SPLIT = AVX2 and not VNNI or DOTPROD  # Q8_0's u . q as w . q + 128 . q (idot_q8_0)
 
 
 def idot_q8_0(e, sub, q, v):
     """idot of Q8_0's u = w + 128 (0..255) against q (x's 32 values v), the same int32 lanes on
     every CPU, so that the float arithmetic after them, and the logits, are the same too: VNNI's
     vpdpbusd and the plain integer math take u as it is; AVX2, whose vpmaddubsw would saturate
-    on u . q, adds 128 . q (e.q128[v], made once per call: _q128) to the exact w . q."""
+    on u . q, and ARM's sdot, whose bytes are signed, add 128 . q (e.q128[v], made once per
+    call: _q128) to the exact w . q."""
     if Q8_0_SPLIT:
         return e.b.add(idot_signed(e, sub.w, q), e.b.load(e.gep(e.q128, v), align=4))
     return idot(e, sub.u, q)
@@ -261,7 +273,8 @@ def _q128(e, n, blocks):
     out = b.alloca(vec(I32, ILANES), size=b.mul(n, blocks))
     with cgutils.for_range(b, b.mul(n, blocks)) as loop:
         q = b.load(b.bitcast(e.gep(e.xq, e.mul(loop.index, 32)), vec(I8, 32).as_pointer()), align=1)
-        b.store(idot(e, e.const(I8, 32, -128), q), e.gep(out, loop.index), align=4)  # -128: the byte 128
+        lanes = idot(e, e.const(I8, 32, -128), q)  # AVX2: the unsigned byte 128; sdot: -128, so
+        b.store(b.neg(lanes) if DOTPROD else lanes, e.gep(out, loop.index), align=4)
     return out
 
 
@@ -324,7 +337,16 @@ def _join(e, lo, hi):
 
 
 def _fifth_bits(e, qh):
-    """<32 x i8>: 16 where bit j of the i32 qh is set, else 0 (a mask register on AVX-512)."""
+    """<32 x i8>: 16 where bit j of the i32 qh is set, else 0 (a mask register on AVX-512;
+    elsewhere each byte tests its bit in its byte of qh: ARM has no mask registers, and LLVM
+    took the 32 bits out one at a time, 100 of a Q5_0 block's 140 AArch64 instructions)."""
+    if not X86:
+        b = e.b
+        qh_bytes = b.bitcast(qh, vec(I8, 4))
+        spread = b.shuffle_vector(qh_bytes, qh_bytes, e.const(I32, 32, [j // 8 for j in range(32)]))
+        bits = b.and_(spread, e.const(I8, 32, [1 << (j % 8) for j in range(32)]))
+        mask = b.icmp_unsigned("!=", bits, e.const(I8, 32, 0))
+        return b.select(mask, e.const(I8, 32, 16), e.const(I8, 32, 0))
     mask = e.b.bitcast(qh, vec(ir.IntType(1), 32))
     return e.b.select(mask, e.const(I8, 32, 16), e.const(I8, 32, 0))
 

@@ -490,3 +490,69 @@ def test_every_kernel_path_computes_the_same_bits(tensors, tmp_path, path, n):
     differ = [qtype.name for qtype in ALL_TYPES
               if not np.array_equal(avx2[qtype.name], matmul(inputs[f"x{qtype.name}"], tensors[qtype][0], qtype, tensors[qtype][1]))]
     assert not differ, f"the {path} kernels round differently for {differ}"
+
+
+QUANT_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+@pytest.fixture(scope="module")
+def arm_harnesses(tmp_path_factory) -> dict[str, Path]:
+    """tests/arm_rows.py's kernels, with and without sdot, linked into a C harness each."""
+    import shutil
+
+    if os.uname().machine == "aarch64":
+        pytest.skip("on ARM the other tests run these kernels natively")
+    missing = [tool for tool in ("qemu-aarch64", "aarch64-linux-gnu-gcc") if shutil.which(tool) is None]
+    assert not missing, f"{' and '.join(missing)} needed (.ci/run installs qemu-user and gcc-aarch64-linux-gnu)"
+    from arm_rows import HARNESS_C
+
+    root = tmp_path_factory.mktemp("arm")
+    (root / "harness.c").write_text(HARNESS_C)
+    env = {**os.environ, "EDGELLM_GENERIC_SIMD": "1"}
+    out = {}
+    for variant in ("dotprod", "generic"):
+        subprocess.run([sys.executable, str(Path(__file__).with_name("arm_rows.py")), variant, str(root / f"{variant}.o")],
+                       env=env, check=True, timeout=600)
+        subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-o", str(root / variant), str(root / "harness.c"),
+                        str(root / f"{variant}.o")], check=True, timeout=300)
+        out[variant] = root / variant
+    return out
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
+def test_the_arm_row_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype):
+    """The decode rows as an ARM CPU runs them, executed by qemu: with the dot product
+    extension (sdot: a Raspberry Pi 5, Apple M, Graviton) bit-identical to the generic path
+    (a Pi 4), and both equal to this machine's kernels: bit for bit for the 32-value types, to
+    float rounding (AArch64's lowering orders the K-quants' float sums its own way) for the
+    K-quants."""
+    import numba
+
+    from edgellm.kernels import simd
+    from edgellm.kernels.matvec import f16_table, quantize_x
+
+    data, n_cols = tensors[qtype]
+    data = np.ascontiguousarray(data)
+    x = np.random.default_rng(7).standard_normal((1, n_cols), dtype=np.float32)
+    xq, xd, xs32, xs16 = quantize_x(x, k_blocks=qtype in K_QUANTS)
+    rows = getattr(simd, f"rows_{qtype.name.lower()}")
+    kernel = numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out:
+                        rows(data, x, xq, xd, xs32, xs16, f16, out, 0, data.shape[0]))
+    here = np.zeros((1, data.shape[0]), np.float32)
+    kernel(data, x, xq, xd, xs32, xs16, f16_table(), here)
+    case = tmp_path / "case.bin"
+    with open(case, "wb") as f:
+        f.write(np.array([data.shape[0], data.shape[1], n_cols], np.int64).tobytes())
+        for part in (data, xq.astype(np.int8), xd, xs32, xs16, f16_table()):
+            f.write(np.ascontiguousarray(part).tobytes())
+    arm = {}
+    for variant, harness in arm_harnesses.items():
+        result = tmp_path / f"{variant}.bin"
+        subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(harness), qtype.name.lower(), str(case),
+                        str(result)], check=True, timeout=300)
+        arm[variant] = np.fromfile(result, np.float32)
+    assert np.array_equal(arm["dotprod"], arm["generic"])
+    if qtype in K_QUANTS:
+        np.testing.assert_allclose(arm["generic"], here[0], rtol=1e-5, atol=1e-5 * np.abs(here).max())
+    else:
+        assert np.array_equal(arm["generic"], here[0])

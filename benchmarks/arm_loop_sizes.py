@@ -1,0 +1,42 @@
+"""Instructions in each quantized type's decode row loop as LLVM lowers it for a Cortex-A76
+(the Raspberry Pi 5's core), with the dot product extension (the kernels' sdot path) and
+without it (their generic path): a static count from the assembly, for a machine with no ARM
+CPU to time on (tests/test_kernels.py::test_the_arm_row_kernels_under_qemu checks the results).
+
+    EDGELLM_GENERIC_SIMD=1 python benchmarks/arm_loop_sizes.py
+
+One pass of the loop covers 64 weights for the 32-value types (two blocks), 256 for K-quants.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from arm_rows import TYPES, build  # noqa: E402
+
+
+def loop_size(asm: str, name: str) -> int:
+    """Instructions of the innermost loop of rows_<name> that prefetches (the block loop)."""
+    body = re.search(rf"^edgellm\.rows_{name}[^:\n]*:\n(.*?)\.Lfunc_end", asm, re.S | re.M).group(1)
+    lines = body.splitlines()
+    labels = {line.rstrip(":"): i for i, line in enumerate(lines) if re.match(r"^\.LBB\S+:", line)}
+    sizes = []
+    for i, line in enumerate(lines):
+        branch = re.search(r"\b(?:b\.\w+|cbnz|tbnz)\s+.*?(\.LBB\S+)", line)
+        if branch and labels.get(branch.group(1), i) < i:
+            loop = lines[labels[branch.group(1)]:i + 1]
+            if any("prfm" in x for x in loop):
+                sizes.append(sum(1 for x in loop if x.startswith("\t") and not x.strip().startswith(".")))
+    return min(sizes)
+
+
+if __name__ == "__main__":
+    listings = {variant: build(variant == "dotprod", assembly=True) for variant in ("generic", "dotprod")}
+    print("| type | weights per pass | generic | sdot | ratio |")
+    print("|---|---|---|---|---|")
+    for name in TYPES:
+        generic, sdot = (loop_size(listings[v], name) for v in ("generic", "dotprod"))
+        print(f"| {name.upper()} | {256 if name.endswith('_k') else 64} | {generic} | {sdot} | {generic / sdot:.1f}x |")

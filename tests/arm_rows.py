@@ -1,0 +1,126 @@
+"""The decode row kernels (kernels/simd.py) built for AArch64 as an object file, for running
+under qemu on an x86 machine (tests/test_kernels.py::test_the_arm_row_kernels_under_qemu).
+
+    python tests/arm_rows.py dotprod|generic OUT.o
+
+Each quantized type's rows_<type> codegen is called with numba's CPU target context (nothing
+is compiled for the host) inside a C-callable function
+
+    void harness_<type>(uint8_t *data, int64_t rows, int64_t row_bytes, int8_t *xq, float *xd,
+                        float *xs32, float *xs16, float *f16, float *out, int64_t n_cols)
+
+(one x row, rows 0..rows), and the module is lowered for a Cortex-A76 (the Raspberry Pi 5's
+core) with or without the dot product extension (sdot): the kernels' DOTPROD path or their
+generic one. Run it with EDGELLM_GENERIC_SIMD=1, so that no x86 path is taken.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import llvmlite.binding as llvm
+from edgellm.kernels import simd
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.registry import cpu_target
+
+TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+TRIPLE = "aarch64-unknown-linux-gnu"
+I64, I8P, F32P = ir.IntType(64), ir.IntType(8).as_pointer(), ir.FloatType().as_pointer()
+U8_2, I8_2 = types.Array(types.uint8, 2, "C"), types.Array(types.int8, 2, "C")
+F32_1, F32_2 = types.Array(types.float32, 1, "C"), types.Array(types.float32, 2, "C")
+ARG_TYPES = (U8_2, F32_2, I8_2, F32_2, F32_2, F32_2, F32_1, F32_2, types.int64, types.int64)
+
+HARNESS_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+typedef void (*rows_fn)(uint8_t *, int64_t, int64_t, int8_t *, float *, float *, float *, float *, float *, int64_t);
+#define TYPE(t) void harness_##t(uint8_t *, int64_t, int64_t, int8_t *, float *, float *, float *, float *, float *, int64_t);
+TYPE(q8_0) TYPE(q4_0) TYPE(q4_1) TYPE(q5_0) TYPE(q5_1) TYPE(q4_k) TYPE(q5_k) TYPE(q6_k)
+static const char *names[] = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"};
+static rows_fn fns[] = {harness_q8_0, harness_q4_0, harness_q4_1, harness_q5_0, harness_q5_1,
+                        harness_q4_k, harness_q5_k, harness_q6_k};
+static void *take(FILE *f, size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p || fread(p, 1, n, f) != n) { fprintf(stderr, "short input\n"); exit(2); }
+    return p;
+}
+/* usage: harness TYPE IN OUT; IN: rows, row_bytes, n_cols (int64) | data | xq | xd | xs32 | xs16 | f16 */
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    FILE *f = fopen(argv[2], "rb");
+    int64_t h[3];
+    if (!f || fread(h, 8, 3, f) != 3) return 2;
+    int64_t rows = h[0], row_bytes = h[1], n = h[2];
+    uint8_t *data = take(f, rows * row_bytes);
+    int8_t *xq = take(f, n);
+    float *xd = take(f, n / 32 * 4), *xs32 = take(f, n / 32 * 4), *xs16 = take(f, n / 16 * 4);
+    float *f16 = take(f, 65536 * 4), *out = calloc(rows, 4);
+    fclose(f);
+    for (int i = 0; i < 8; i++)
+        if (!strcmp(argv[1], names[i])) fns[i](data, rows, row_bytes, xq, xd, xs32, xs16, f16, out, n);
+    f = fopen(argv[3], "wb");
+    return !f || fwrite(out, 4, rows, f) != (size_t)rows;
+}
+"""
+
+
+def _array(ctx, builder, t, data, shape, itemsize):
+    """A numba array struct over data, C-contiguous with the given shape."""
+    a = cgutils.create_struct_proxy(t)(ctx, builder)
+    a.meminfo = cgutils.get_null_value(a.meminfo.type)
+    a.parent = cgutils.get_null_value(a.parent.type)
+    a.data = builder.bitcast(data, a.data.type)
+    a.itemsize = ir.Constant(I64, itemsize)
+    n, strides, step = ir.Constant(I64, 1), [], ir.Constant(I64, itemsize)
+    for s in reversed(shape):
+        strides.insert(0, step)
+        step, n = builder.mul(step, s), builder.mul(n, s)
+    a.nitems = n
+    a.shape = cgutils.pack_array(builder, list(shape))
+    a.strides = cgutils.pack_array(builder, strides)
+    return a._getvalue()
+
+
+def build(dotprod: bool, assembly: bool = False) -> bytes | str:
+    """The object file (AArch64 ELF) of every type's harness, or its assembly text."""
+    if simd.X86:
+        raise RuntimeError("the x86 paths are on: set EDGELLM_GENERIC_SIMD=1")
+    simd.DOTPROD = simd.Q8_0_SPLIT = dotprod  # what simd.py sets on an ARM CPU with / without sdot
+    ctx, typing = cpu_target.target_context, cpu_target.typing_context
+    module = ir.Module("arm_rows")
+    fnty = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I8P, F32P, F32P, F32P, F32P, F32P, I64])
+    for name in TYPES:
+        fn = ir.Function(module, fnty, f"harness_{name}")
+        b = ir.IRBuilder(fn.append_basic_block())
+        data, rows, row_bytes, xq, xd, xs32, xs16, f16, out, n_cols = fn.args
+        one = ir.Constant(I64, 1)
+        b32, b16 = b.udiv(n_cols, ir.Constant(I64, 32)), b.udiv(n_cols, ir.Constant(I64, 16))
+        args = [_array(ctx, b, U8_2, data, (rows, row_bytes), 1), _array(ctx, b, F32_2, xd, (one, n_cols), 4),
+                _array(ctx, b, I8_2, xq, (one, n_cols), 1), _array(ctx, b, F32_2, xd, (one, b32), 4),
+                _array(ctx, b, F32_2, xs32, (one, b32), 4), _array(ctx, b, F32_2, xs16, (one, b16), 4),
+                _array(ctx, b, F32_1, f16, (ir.Constant(I64, 65536),), 4), _array(ctx, b, F32_2, out, (one, rows), 4),
+                ir.Constant(I64, 0), rows]
+        sig, codegen = getattr(simd, f"rows_{name}")._defn(typing, *ARG_TYPES)
+        codegen(ctx, b, sig, args)
+        b.ret_void()
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    machine = llvm.Target.from_triple(TRIPLE).create_target_machine(
+        cpu="cortex-a76", features="+neon,+dotprod" if dotprod else "+neon,-dotprod", opt=3, reloc="pic")
+    parsed = llvm.parse_assembly(str(module))
+    parsed.triple, parsed.data_layout = TRIPLE, str(machine.target_data)
+    parsed.verify()
+    passes = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(3))
+    passes.getModulePassManager().run(parsed, passes)
+    return machine.emit_assembly(parsed) if assembly else machine.emit_object(parsed)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("dotprod", "generic"):
+        sys.exit("usage: EDGELLM_GENERIC_SIMD=1 python tests/arm_rows.py dotprod|generic OUT.o")
+    with open(sys.argv[2], "wb") as f:
+        f.write(build(sys.argv[1] == "dotprod"))
