@@ -1,7 +1,7 @@
 """Instructions in each quantized type's decode row loop as LLVM lowers it for a Cortex-A76
 (the Raspberry Pi 5's core), with the dot product extension (the kernels' sdot path) and
 without it (their generic path): a static count from the assembly, for a machine with no ARM
-CPU to time on (tests/test_kernels.py::test_the_arm_row_kernels_under_qemu checks the results).
+CPU to time on (tests/test_kernels.py::test_the_arm_kernels_under_qemu checks the results).
 
     EDGELLM_GENERIC_SIMD=1 python benchmarks/arm_loop_sizes.py
 
@@ -17,20 +17,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from arm_rows import TYPES, build  # noqa: E402
 
+from edgellm.kernels import gemm  # noqa: E402
 
-def loop_size(asm: str, name: str) -> int:
-    """Instructions of the innermost loop of rows_<name> that prefetches (the block loop)."""
-    body = re.search(rf"^edgellm\.rows_{name}[^:\n]*:\n(.*?)\.Lfunc_end", asm, re.S | re.M).group(1)
+
+def loops(asm: str, function: str) -> list[list[str]]:
+    """The instructions of each loop (a label and a later branch back to it) of a function."""
+    body = re.search(rf"^edgellm\.{function}[^:\n]*:\n(.*?)\.Lfunc_end", asm, re.S | re.M).group(1)
     lines = body.splitlines()
     labels = {line.rstrip(":"): i for i, line in enumerate(lines) if re.match(r"^\.LBB\S+:", line)}
-    sizes = []
+    found = []
     for i, line in enumerate(lines):
         branch = re.search(r"\b(?:b\.\w+|cbnz|tbnz)\s+.*?(\.LBB\S+)", line)
         if branch and labels.get(branch.group(1), i) < i:
-            loop = lines[labels[branch.group(1)]:i + 1]
-            if any("prfm" in x for x in loop):
-                sizes.append(sum(1 for x in loop if x.startswith("\t") and not x.strip().startswith(".")))
-    return min(sizes)
+            found.append([x for x in lines[labels[branch.group(1)]:i + 1]
+                          if x.startswith("\t") and not x.strip().startswith(".")])
+    return found
+
+
+def loop_size(asm: str, name: str) -> int:
+    """Instructions of the innermost loop of rows_<name> that prefetches (the block loop)."""
+    return min(len(loop) for loop in loops(asm, f"rows_{name}") if any("prfm" in x for x in loop))
 
 
 if __name__ == "__main__":
@@ -40,3 +46,5 @@ if __name__ == "__main__":
     for name in TYPES:
         generic, sdot = (loop_size(listings[v], name) for v in ("generic", "dotprod"))
         print(f"| {name.upper()} | {256 if name.endswith('_k') else 64} | {generic} | {sdot} | {generic / sdot:.1f}x |")
+    steps = [len(loop) for loop in loops(listings["dotprod"], "panel_times_x")]
+    print(f"prefill GEMM, panel_times_x's step (8 tokens x 32 values x {gemm.GROUP_ROWS} rows): {max(steps)} instructions")

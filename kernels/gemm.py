@@ -33,7 +33,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .matvec import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
-from .simd import F32, I8, I16, I32, I64, IN_ORDER, QUANT_TYPES, VNNI_512, Emitter, idot16, outlined, vec
+from .simd import (
+    F32, I8, I16, I32, I64, IN_ORDER, QUANT_TYPES, SPLIT_PAIRS, VNNI_512, Emitter, idot16, outlined, vec,
+)
 
 # Rows per panel: the int32 lanes of one dot instruction, 16 with AVX-512 VNNI (on CPUs that
 # run 512-bit vectors at full width that doubles the work per instruction; elsewhere it halves
@@ -73,6 +75,11 @@ def _code_vectors(e, codes):
     for first in range(0, 16, GROUP_ROWS):  # 16 words per row, GROUP_ROWS at a time
         part = list(range(first, first + GROUP_ROWS))
         out += _transpose(e, [b.shuffle_vector(w, w, e.const(I32, GROUP_ROWS, part)) for w in words])
+    if SPLIT_PAIRS:  # each vector's first codes, then its second codes (simd.idot16)
+        split = list(range(0, 2 * GROUP_ROWS, 2)) + list(range(1, 2 * GROUP_ROWS, 2))
+        v16 = vec(I16, 2 * GROUP_ROWS)
+        out = [b.bitcast(b.shuffle_vector(b.bitcast(v, v16), b.bitcast(v, v16), e.const(I32, 2 * GROUP_ROWS, split)),
+                         vec(I32, GROUP_ROWS)) for v in out]
     return out
 
 

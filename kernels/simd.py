@@ -285,13 +285,30 @@ def _sum_pairs(e, pairs):
     return e.b.call(fn, [pairs, e.const(I16, 16, 1)])
 
 
+# Not on x86: the prefill GEMM's code vectors hold their lanes' first codes, then their second
+# codes (gemm._code_vectors), which idot16 multiplies by the two x codes as scalars: on ARM a
+# multiply-accumulate by element (smlal), where pairs within a lane took widening multiplies and
+# shuffles (~27 AArch64 instructions and spills per dot).
+SPLIT_PAIRS = not X86
+
+
 def idot16(e, a, b, acc):
     """<n x i32>: acc + (lane i = a[2i] * b[2i] + a[2i + 1] * b[2i + 1]) for a, b <n x i32>
-    (n = 8 or 16) holding pairs of signed 16-bit values (VNNI: vpdpwssd; AVX2: vpmaddwd;
-    elsewhere what LLVM makes of a widening multiply-add)."""
+    (n = 8 or 16) holding pairs of signed 16-bit values, b the same pair in every lane
+    (VNNI: vpdpwssd; AVX2: vpmaddwd; elsewhere, with SPLIT_PAIRS, a's n first values then its
+    n second ones, each times one of b's two)."""
     bld = e.b
     n = a.type.count
     vn = vec(I32, n)
+    if SPLIT_PAIRS:
+        a16, b16 = bld.bitcast(a, vec(I16, 2 * n)), bld.bitcast(b, vec(I16, 2 * n))
+
+        def part(v, lanes):
+            return bld.sext(bld.shuffle_vector(v, v, e.const(I32, n, lanes)), vn)
+
+        first = bld.mul(part(a16, list(range(n))), part(b16, [0] * n))
+        second = bld.mul(part(a16, list(range(n, 2 * n))), part(b16, [1] * n))
+        return bld.add(acc, bld.add(first, second))
     if VNNI_512 if n == 16 else VNNI:
         fn = declare(bld.module, f"llvm.x86.avx512.vpdpwssd.{32 * n}", vn, [vn, vn, vn])
         return bld.call(fn, [acc, a, b])

@@ -1,5 +1,5 @@
 """The decode row kernels (kernels/simd.py) built for AArch64 as an object file, for running
-under qemu on an x86 machine (tests/test_kernels.py::test_the_arm_row_kernels_under_qemu).
+under qemu on an x86 machine (tests/test_kernels.py::test_the_arm_kernels_under_qemu).
 
     python tests/arm_rows.py dotprod|generic OUT.o
 
@@ -9,7 +9,15 @@ is compiled for the host) inside a C-callable function
     void harness_<type>(uint8_t *data, int64_t rows, int64_t row_bytes, int8_t *xq, float *xd,
                         float *xs32, float *xs16, float *f16, float *out, int64_t n_cols)
 
-(one x row, rows 0..rows), and the module is lowered for a Cortex-A76 (the Raspberry Pi 5's
+(one x row, rows 0..rows), and the prefill GEMM's parts (unpack_<type>, transpose_panel,
+panel_times_x: gemm.gemm_rows without its allocations) inside
+
+    void gemm_<type>(uint8_t *data, int64_t rows, int64_t row_bytes, int16_t *xq, float *xd,
+                     float *xs32, float *xs16, float *f16, float *out, int64_t n_cols,
+                     int64_t n, uint8_t *codes, float *fields, uint8_t *panel)
+
+(n x rows, x quantized to 16 bits; codes, fields and panel: scratch of gemm's sizes), and the
+module is lowered for a Cortex-A76 (the Raspberry Pi 5's
 core) with or without the dot product extension (sdot): the kernels' DOTPROD path or their
 generic one. Run it with EDGELLM_GENERIC_SIMD=1, so that no x86 path is taken.
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 import sys
 
 import llvmlite.binding as llvm
-from edgellm.kernels import simd
+from edgellm.kernels import gemm, simd
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -32,6 +40,11 @@ U8_2, I8_2 = types.Array(types.uint8, 2, "C"), types.Array(types.int8, 2, "C")
 F32_1, F32_2 = types.Array(types.float32, 1, "C"), types.Array(types.float32, 2, "C")
 ARG_TYPES = (U8_2, F32_2, I8_2, F32_2, F32_2, F32_2, F32_1, F32_2, types.int64, types.int64)
 
+I16P = ir.IntType(16).as_pointer()
+I16_2, U8_1, F32_3 = types.Array(types.int16, 2, "C"), types.Array(types.uint8, 1, "C"), types.Array(types.float32, 3, "C")
+UNPACK_TYPES = (U8_2, types.int64, F32_1, U8_2, F32_3)
+PANEL_TYPES = (U8_1, types.int64, types.int64, I16_2, F32_2, F32_2, F32_2, F32_2, types.int64, types.int64)
+
 HARNESS_C = r"""
 #include <stdint.h>
 #include <stdio.h>
@@ -39,31 +52,45 @@ HARNESS_C = r"""
 #include <string.h>
 typedef void (*rows_fn)(uint8_t *, int64_t, int64_t, int8_t *, float *, float *, float *, float *, float *, int64_t);
 #define TYPE(t) void harness_##t(uint8_t *, int64_t, int64_t, int8_t *, float *, float *, float *, float *, float *, int64_t);
+typedef void (*gemm_fn)(uint8_t *, int64_t, int64_t, int16_t *, float *, float *, float *, float *, float *, int64_t,
+                        int64_t, uint8_t *, float *, uint8_t *);
+#define GEMM(t) void gemm_##t(uint8_t *, int64_t, int64_t, int16_t *, float *, float *, float *, float *, float *, \
+                              int64_t, int64_t, uint8_t *, float *, uint8_t *);
 TYPE(q8_0) TYPE(q4_0) TYPE(q4_1) TYPE(q5_0) TYPE(q5_1) TYPE(q4_k) TYPE(q5_k) TYPE(q6_k)
+GEMM(q8_0) GEMM(q4_0) GEMM(q4_1) GEMM(q5_0) GEMM(q5_1) GEMM(q4_k) GEMM(q5_k) GEMM(q6_k)
 static const char *names[] = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"};
 static rows_fn fns[] = {harness_q8_0, harness_q4_0, harness_q4_1, harness_q5_0, harness_q5_1,
                         harness_q4_k, harness_q5_k, harness_q6_k};
+static gemm_fn gemms[] = {gemm_q8_0, gemm_q4_0, gemm_q4_1, gemm_q5_0, gemm_q5_1, gemm_q4_k, gemm_q5_k, gemm_q6_k};
 static void *take(FILE *f, size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p || fread(p, 1, n, f) != n) { fprintf(stderr, "short input\n"); exit(2); }
     return p;
 }
-/* usage: harness TYPE IN OUT; IN: rows, row_bytes, n_cols (int64) | data | xq | xd | xs32 | xs16 | f16 */
+/* usage: harness TYPE IN OUT; IN: rows, row_bytes, n_cols, tokens (int64; tokens 0: one x row in 8
+   bits, the decode rows; else that many in 16 bits, the GEMM) | data | xq | xd | xs32 | xs16 | f16 */
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
     FILE *f = fopen(argv[2], "rb");
-    int64_t h[3];
-    if (!f || fread(h, 8, 3, f) != 3) return 2;
-    int64_t rows = h[0], row_bytes = h[1], n = h[2];
+    int64_t h[4];
+    if (!f || fread(h, 8, 4, f) != 4) return 2;
+    int64_t rows = h[0], row_bytes = h[1], n = h[2], tokens = h[3], t = tokens ? tokens : 1;
     uint8_t *data = take(f, rows * row_bytes);
-    int8_t *xq = take(f, n);
-    float *xd = take(f, n / 32 * 4), *xs32 = take(f, n / 32 * 4), *xs16 = take(f, n / 16 * 4);
-    float *f16 = take(f, 65536 * 4), *out = calloc(rows, 4);
+    void *xq = take(f, t * n * (tokens ? 2 : 1));
+    float *xd = take(f, t * n / 32 * 4), *xs32 = take(f, t * n / 32 * 4), *xs16 = take(f, t * n / 16 * 4);
+    float *f16 = take(f, 65536 * 4), *out = calloc(t * rows, 4);
     fclose(f);
+    uint8_t *codes = malloc(16 * n), *panel = malloc(n / 32 * 20 * 64);  /* room for 16-row panels */
+    float *fields = malloc(4 * n / 32 * 16 * 4);
     for (int i = 0; i < 8; i++)
-        if (!strcmp(argv[1], names[i])) fns[i](data, rows, row_bytes, xq, xd, xs32, xs16, f16, out, n);
+        if (!strcmp(argv[1], names[i])) {
+            if (tokens)
+                gemms[i](data, rows, row_bytes, xq, xd, xs32, xs16, f16, out, n, tokens, codes, fields, panel);
+            else
+                fns[i](data, rows, row_bytes, xq, xd, xs32, xs16, f16, out, n);
+        }
     f = fopen(argv[3], "wb");
-    return !f || fwrite(out, 4, rows, f) != (size_t)rows;
+    return !f || fwrite(out, 4, t * rows, f) != (size_t)(t * rows);
 }
 """
 
@@ -83,6 +110,36 @@ def _array(ctx, builder, t, data, shape, itemsize):
     a.shape = cgutils.pack_array(builder, list(shape))
     a.strides = cgutils.pack_array(builder, strides)
     return a._getvalue()
+
+
+def _gemm_harness(ctx, typing, module, name):
+    """gemm_<name>: for each group of gemm.GROUP_ROWS rows, unpack, transpose, multiply."""
+    fnty = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I16P, F32P, F32P, F32P, F32P, F32P, I64, I64, I8P, F32P, I8P])
+    fn = ir.Function(module, fnty, f"gemm_{name}")
+    b = ir.IRBuilder(fn.append_basic_block())
+    data, rows, row_bytes, xq, xd, xs32, xs16, f16, out, n_cols, n, codes, fields, panel = fn.args
+    group = ir.Constant(I64, gemm.GROUP_ROWS)
+    n_subs = b.udiv(n_cols, ir.Constant(I64, 32))
+    data_a = _array(ctx, b, U8_2, data, (rows, row_bytes), 1)
+    f16_a = _array(ctx, b, F32_1, f16, (ir.Constant(I64, 65536),), 4)
+    codes_a = _array(ctx, b, U8_2, codes, (group, n_cols), 1)
+    fields_a = _array(ctx, b, F32_3, fields, (ir.Constant(I64, 4), n_subs, group), 4)
+    panel_a = _array(ctx, b, U8_1, panel, (b.mul(n_subs, ir.Constant(I64, gemm.PANEL_SUB_BYTES)),), 1)
+    x_arrays = [_array(ctx, b, I16_2, xq, (n, n_cols), 2), _array(ctx, b, F32_2, xd, (n, n_subs), 4),
+                _array(ctx, b, F32_2, xs32, (n, n_subs), 4),
+                _array(ctx, b, F32_2, xs16, (n, b.udiv(n_cols, ir.Constant(I64, 16))), 4),
+                _array(ctx, b, F32_2, out, (n, rows), 4)]
+    unpack_sig, unpack = getattr(gemm, f"unpack_{name}")._defn(typing, *UNPACK_TYPES)
+    transpose_sig, transpose = gemm.transpose_panel._defn(typing, U8_2, F32_3, U8_1)
+    times = gemm.panel_times_x_halves if name == "q6_k" else gemm.panel_times_x
+    times_sig, times_x = times._defn(typing, *PANEL_TYPES)
+    n_groups = b.udiv(b.add(rows, ir.Constant(I64, gemm.GROUP_ROWS - 1)), group)
+    with cgutils.for_range(b, n_groups) as loop:
+        r0 = b.mul(loop.index, group)
+        unpack(ctx, b, unpack_sig, [data_a, r0, f16_a, codes_a, fields_a])
+        transpose(ctx, b, transpose_sig, [codes_a, fields_a, panel_a])
+        times_x(ctx, b, times_sig, [panel_a, r0, rows, *x_arrays, ir.Constant(I64, 0), n])
+    b.ret_void()
 
 
 def build(dotprod: bool, assembly: bool = False) -> bytes | str:
@@ -107,6 +164,7 @@ def build(dotprod: bool, assembly: bool = False) -> bytes | str:
         sig, codegen = getattr(simd, f"rows_{name}")._defn(typing, *ARG_TYPES)
         codegen(ctx, b, sig, args)
         b.ret_void()
+        _gemm_harness(ctx, typing, module, name)
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
     machine = llvm.Target.from_triple(TRIPLE).create_target_machine(

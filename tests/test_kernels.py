@@ -519,40 +519,46 @@ def arm_harnesses(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.parametrize("tokens", [0, 11], ids=["rows", "gemm"])
 @pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
-def test_the_arm_row_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype):
-    """The decode rows as an ARM CPU runs them, executed by qemu: with the dot product
-    extension (sdot: a Raspberry Pi 5, Apple M, Graviton) bit-identical to the generic path
-    (a Pi 4), and both equal to this machine's kernels: bit for bit for the 32-value types, to
-    float rounding (AArch64's lowering orders the K-quants' float sums its own way) for the
-    K-quants."""
+def test_the_arm_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype, tokens):
+    """The decode rows (tokens 0: one x row) and the prefill GEMM (11 tokens: a step of 8 and 3
+    more) as an ARM CPU runs them, executed by qemu: with the dot product extension (sdot: a
+    Raspberry Pi 5, Apple M, Graviton) bit-identical to the generic path (a Pi 4), and both equal
+    to this machine's kernels: bit for bit for the 32-value types and the GEMM, to float
+    rounding for the K-quants' rows (AArch64's lowering orders their float sums its own way)."""
     import numba
 
-    from edgellm.kernels import simd
+    from edgellm.kernels import gemm, simd
     from edgellm.kernels.matvec import f16_table, quantize_x
 
     data, n_cols = tensors[qtype]
     data = np.ascontiguousarray(data)
-    x = np.random.default_rng(7).standard_normal((1, n_cols), dtype=np.float32)
-    xq, xd, xs32, xs16 = quantize_x(x, k_blocks=qtype in K_QUANTS)
-    rows = getattr(simd, f"rows_{qtype.name.lower()}")
-    kernel = numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out:
-                        rows(data, x, xq, xd, xs32, xs16, f16, out, 0, data.shape[0]))
-    here = np.zeros((1, data.shape[0]), np.float32)
-    kernel(data, x, xq, xd, xs32, xs16, f16_table(), here)
+    x = np.random.default_rng(7).standard_normal((max(tokens, 1), n_cols), dtype=np.float32)
+    if tokens:
+        xq, xd, xs32, xs16 = quantize_x(x, 16)
+        here = np.zeros((tokens, data.shape[0]), np.float32)
+        gemm.gemm_rows(data, int(qtype), xq, xd, xs32, xs16, f16_table(), here, 0, data.shape[0])
+    else:
+        xq, xd, xs32, xs16 = quantize_x(x, k_blocks=qtype in K_QUANTS)
+        rows = getattr(simd, f"rows_{qtype.name.lower()}")
+        kernel = numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out:
+                            rows(data, x, xq, xd, xs32, xs16, f16, out, 0, data.shape[0]))
+        here = np.zeros((1, data.shape[0]), np.float32)
+        kernel(data, x, xq, xd, xs32, xs16, f16_table(), here)
     case = tmp_path / "case.bin"
     with open(case, "wb") as f:
-        f.write(np.array([data.shape[0], data.shape[1], n_cols], np.int64).tobytes())
-        for part in (data, xq.astype(np.int8), xd, xs32, xs16, f16_table()):
+        f.write(np.array([data.shape[0], data.shape[1], n_cols, tokens], np.int64).tobytes())
+        for part in (data, xq, xd, xs32, xs16, f16_table()):
             f.write(np.ascontiguousarray(part).tobytes())
     arm = {}
     for variant, harness in arm_harnesses.items():
         result = tmp_path / f"{variant}.bin"
         subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(harness), qtype.name.lower(), str(case),
                         str(result)], check=True, timeout=300)
-        arm[variant] = np.fromfile(result, np.float32)
+        arm[variant] = np.fromfile(result, np.float32).reshape(here.shape)
     assert np.array_equal(arm["dotprod"], arm["generic"])
-    if qtype in K_QUANTS:
-        np.testing.assert_allclose(arm["generic"], here[0], rtol=1e-5, atol=1e-5 * np.abs(here).max())
+    if qtype in K_QUANTS and not tokens:
+        np.testing.assert_allclose(arm["generic"], here, rtol=1e-5, atol=1e-5 * np.abs(here).max())
     else:
-        assert np.array_equal(arm["generic"], here[0])
+        assert np.array_equal(arm["generic"], here)
