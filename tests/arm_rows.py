@@ -1,5 +1,6 @@
-"""The decode row kernels (kernels/simd.py) built for AArch64 as an object file, for running
-under qemu on an x86 machine (tests/test_kernels.py::test_the_arm_kernels_under_qemu).
+"""The decode row kernels (kernels/simd.py) and the prefill GEMM's (kernels/gemm.py) built for
+AArch64 as an object file, for running under qemu on an x86 machine
+(tests/test_kernels.py::test_the_arm_kernels_under_qemu).
 
     python tests/arm_rows.py dotprod|generic OUT.o
 
