@@ -46,5 +46,8 @@ if __name__ == "__main__":
     for name in TYPES:
         generic, sdot = (loop_size(listings[v], name) for v in ("generic", "dotprod"))
         print(f"| {name.upper()} | {256 if name.endswith('_k') else 64} | {generic} | {sdot} | {generic / sdot:.1f}x |")
+    for q in ("q4", "q8"):
+        steps = [len(loop) for loop in loops(listings["dotprod"], f"sparse_rows_{q}") if any("prfm" in x for x in loop)]
+        print(f"2:4 compact {q.upper()} rows, a step of 4 pairs (256 weights): {min(steps)} instructions (sdot)")
     steps = [len(loop) for loop in loops(listings["dotprod"], "panel_times_x")]
     print(f"prefill GEMM, panel_times_x's step (8 tokens x 32 values x {gemm.GROUP_ROWS} rows): {max(steps)} instructions")

@@ -177,8 +177,9 @@ X86 = not os.environ.get("EDGELLM_GENERIC_SIMD") and llvm.get_process_triple().s
 VNNI_512 = X86 and bool(CPU_FEATURES.get("avx512vnni"))
 VNNI = VNNI_512 and bool(CPU_FEATURES.get("avx512vl")) or X86 and bool(CPU_FEATURES.get("avxvnni"))  # 256-bit forms
 AVX2 = X86 and bool(CPU_FEATURES.get("avx2"))  # laptops and servers without AVX-512 (Zen 1-3, most Intel client CPUs)
+NEON = llvm.get_process_triple().startswith(("aarch64", "arm64"))  # every 64-bit ARM CPU
 # ARMv8.2's dot product (sdot): Raspberry Pi 5 (Cortex-A76), Apple M, Graviton 2+; not the Pi 4
-DOTPROD = llvm.get_process_triple().startswith(("aarch64", "arm64")) and bool(CPU_FEATURES.get("dotprod"))
+DOTPROD = NEON and bool(CPU_FEATURES.get("dotprod"))
 
 
 def declare(module, name, ret, args):

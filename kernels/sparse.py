@@ -44,13 +44,14 @@ from numba.extending import intrinsic
 from .floats import half_to_float
 from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
 from .simd import (
-    X86, AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined,
+    NEON, X86, AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined,
     vec,
 )
 
 HAS_VBMI = X86 and bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
-VECTOR_KERNEL = HAS_VBMI or AVX2  # sparse_rows_q4/_q8 run here (else rows_loop)
-if VECTOR_KERNEL:  # the JIT assembles the kernels' inline assembly (vpermi2b; AVX2's broadcast loads)
+USE_NEON = NEON  # tbl: a byte lookup in 64 bytes (module global: tests/arm_rows.py sets it)
+VECTOR_KERNEL = HAS_VBMI or AVX2 or USE_NEON  # sparse_rows_q4/_q8 run here (else rows_loop)
+if HAS_VBMI or AVX2:  # the JIT assembles the kernels' inline assembly (vpermi2b; AVX2's broadcast loads)
     llvm.initialize_native_asmparser()
 
 I16 = ir.IntType(16)
@@ -172,6 +173,33 @@ def _pair_lanes_avx2(e, q8, c):
     return e.to_float(idot_signed(e, w, xs))
 
 
+def _pair_lanes_neon(e, q8, c):
+    """_pair_lanes for ARM (VBMI's slot order): each slot's index byte picked out of the pair's
+    8 (a constant shuffle: tbl), shifted by its own count (ushl) and masked; the x codes looked
+    up in the pair's 64 (tbl with four registers, 16 slots at a time); the kept values as they
+    lie (Q8) or as nibbles - 8 (Q4), against them with signed byte dots (sdot, or its generic
+    form)."""
+    b = e.b
+    v16 = vec(I8, 16)
+    words = b.load(b.bitcast(e.gep(e.index, e.mul(c, 8)), vec(I8, 8).as_pointer()), align=1)
+    spread = b.shuffle_vector(words, words, e.const(I32, 32, [shift // 8 for shift in _SLOT_POS_SHIFT]))
+    pos = b.and_(b.lshr(spread, e.const(I8, 32, [shift % 8 for shift in _SLOT_POS_SHIFT])), e.const(I8, 32, 3))
+    cols = b.or_(pos, e.const(I8, 32, _SLOT_BASE))  # the bases' low 2 bits are 0
+    x = e.gep(e.xq, e.mul(c, 64))
+    table = [b.load(b.bitcast(e.gep(x, 16 * i), v16.as_pointer()), align=1) for i in range(4)]
+    tbl4 = declare(b.module, "llvm.aarch64.neon.tbl4.v16i8", v16, [v16] * 5)
+    xs = [b.call(tbl4, table + [half]) for half in e.halves(cols)]
+    xs = b.shuffle_vector(xs[0], xs[1], e.const(I32, 32, list(range(32))))
+    if q8:
+        w = b.load(b.bitcast(e.gep(e.values, e.mul(c, 32)), vec(I8, 32).as_pointer()), align=1)
+    else:  # low nibbles block 2c's entries, high ones block 2c + 1's
+        raw = b.load(b.bitcast(e.gep(e.values, e.mul(c, 16)), v16.as_pointer()), align=1)
+        nibbles = b.shuffle_vector(b.and_(raw, e.const(I8, 16, 15)), b.lshr(raw, e.const(I8, 16, 4)),
+                                   e.const(I32, 32, list(range(32))))
+        w = b.sub(nibbles, e.const(I8, 32, 8))
+    return e.to_float(idot_signed(e, w, xs))
+
+
 def _block_scales(e, first, n):
     """<n x float>: d * xd of blocks first..first + n - 1 (d: f16, converted by the CPU)."""
     b = e.b
@@ -186,6 +214,8 @@ def _add_pair(e, q8, acc, scales, k, c):
     b = e.b
     if HAS_VBMI:
         lanes, blocks = _pair_lanes(e, q8, c), _LANE_SCALES
+    elif USE_NEON:
+        lanes, blocks = _pair_lanes_neon(e, q8, c), _LANE_SCALES
     else:
         lanes, blocks = _pair_lanes_avx2(e, q8, c), _AVX2_BLOCK1_LANES
     spread = b.shuffle_vector(scales, scales, e.const(I32, ILANES, [2 * k + blk for blk in blocks]))

@@ -29,6 +29,7 @@ import sys
 
 import llvmlite.binding as llvm
 from edgellm.kernels import gemm, simd
+from edgellm.kernels import sparse as sparse_kernels
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -44,6 +45,7 @@ ARG_TYPES = (U8_2, F32_2, I8_2, F32_2, F32_2, F32_2, F32_1, F32_2, types.int64, 
 I16P = ir.IntType(16).as_pointer()
 I16_2, U8_1, F32_3 = types.Array(types.int16, 2, "C"), types.Array(types.uint8, 1, "C"), types.Array(types.float32, 3, "C")
 UNPACK_TYPES = (U8_2, types.int64, F32_1, U8_2, F32_3)
+U16_2 = types.Array(types.uint16, 2, "C")
 PANEL_TYPES = (U8_1, types.int64, types.int64, I16_2, F32_2, F32_2, F32_2, F32_2, types.int64, types.int64)
 
 HARNESS_C = r"""
@@ -63,15 +65,34 @@ static const char *names[] = {"q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q
 static rows_fn fns[] = {harness_q8_0, harness_q4_0, harness_q4_1, harness_q5_0, harness_q5_1,
                         harness_q4_k, harness_q5_k, harness_q6_k};
 static gemm_fn gemms[] = {gemm_q8_0, gemm_q4_0, gemm_q4_1, gemm_q5_0, gemm_q5_1, gemm_q4_k, gemm_q5_k, gemm_q6_k};
+void sparse_q4(uint8_t *, uint8_t *, uint16_t *, int8_t *, float *, float *, float *, int64_t, int64_t);
+void sparse_q8(uint8_t *, uint8_t *, uint16_t *, int8_t *, float *, float *, float *, int64_t, int64_t);
 static void *take(FILE *f, size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p || fread(p, 1, n, f) != n) { fprintf(stderr, "short input\n"); exit(2); }
     return p;
 }
+/* harness sparse_q4|sparse_q8 IN OUT; IN: rows, n_cols (int64) | values | index | scales | xq | xd | f16 */
+static int sparse(int q8, const char *in, const char *out_path) {
+    FILE *f = fopen(in, "rb");
+    int64_t h[2];
+    if (!f || fread(h, 8, 2, f) != 2) return 2;
+    int64_t rows = h[0], n = h[1];
+    uint8_t *values = take(f, rows * n / (q8 ? 2 : 4)), *index = take(f, rows * n / 8);
+    uint16_t *scales = take(f, rows * n / 32 * 2);
+    int8_t *xq = take(f, n);
+    float *xd = take(f, n / 32 * 4), *f16 = take(f, 65536 * 4), *out = calloc(rows, 4);
+    fclose(f);
+    (q8 ? sparse_q8 : sparse_q4)(values, index, scales, xq, xd, f16, out, rows, n);
+    f = fopen(out_path, "wb");
+    return !f || fwrite(out, 4, rows, f) != (size_t)rows;
+}
+
 /* usage: harness TYPE IN OUT; IN: rows, row_bytes, n_cols, tokens (int64; tokens 0: one x row in 8
    bits, the decode rows; else that many in 16 bits, the GEMM) | data | xq | xd | xs32 | xs16 | f16 */
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
+    if (!strncmp(argv[1], "sparse_", 7)) return sparse(!strcmp(argv[1], "sparse_q8"), argv[2], argv[3]);
     FILE *f = fopen(argv[2], "rb");
     int64_t h[4];
     if (!f || fread(h, 8, 4, f) != 4) return 2;
@@ -143,11 +164,34 @@ def _gemm_harness(ctx, typing, module, name):
     b.ret_void()
 
 
+def _sparse_harness(ctx, typing, module, q8):
+    """sparse_<q4|q8>(values, index, scales, xq, xd, f16, out, rows, n_cols): the 2:4 compact
+    rows (kernels/sparse.py) times one x row."""
+    fnty = ir.FunctionType(ir.VoidType(), [I8P, I8P, I16P, I8P, F32P, F32P, F32P, I64, I64])
+    fn = ir.Function(module, fnty, f"sparse_{'q8' if q8 else 'q4'}")
+    b = ir.IRBuilder(fn.append_basic_block())
+    values, index, scales, xq, xd, f16, out, rows, n_cols = fn.args
+    one = ir.Constant(I64, 1)
+    value_type = I8_2 if q8 else U8_2
+    args = [_array(ctx, b, value_type, values, (rows, b.udiv(n_cols, ir.Constant(I64, 2 if q8 else 4))), 1),
+            _array(ctx, b, U8_2, index, (rows, b.udiv(n_cols, ir.Constant(I64, 8))), 1),
+            _array(ctx, b, U16_2, scales, (rows, b.udiv(n_cols, ir.Constant(I64, 32))), 2),
+            _array(ctx, b, I8_2, xq, (one, n_cols), 1),
+            _array(ctx, b, F32_2, xd, (one, b.udiv(n_cols, ir.Constant(I64, 32))), 4),
+            _array(ctx, b, F32_1, f16, (ir.Constant(I64, 65536),), 4), _array(ctx, b, F32_2, out, (one, rows), 4),
+            ir.Constant(I64, 0), rows]
+    kernel = sparse_kernels.sparse_rows_q8 if q8 else sparse_kernels.sparse_rows_q4
+    sig, codegen = kernel._defn(typing, value_type, U8_2, U16_2, I8_2, F32_2, F32_1, F32_2, types.int64, types.int64)
+    codegen(ctx, b, sig, args)
+    b.ret_void()
+
+
 def build(dotprod: bool, assembly: bool = False) -> bytes | str:
     """The object file (AArch64 ELF) of every type's harness, or its assembly text."""
     if simd.X86:
         raise RuntimeError("the x86 paths are on: set EDGELLM_GENERIC_SIMD=1")
     simd.DOTPROD = simd.Q8_0_SPLIT = dotprod  # what simd.py sets on an ARM CPU with / without sdot
+    sparse_kernels.USE_NEON = True  # and sparse.py on any ARM CPU
     ctx, typing = cpu_target.target_context, cpu_target.typing_context
     module = ir.Module("arm_rows")
     fnty = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I8P, F32P, F32P, F32P, F32P, F32P, I64])
@@ -166,6 +210,8 @@ def build(dotprod: bool, assembly: bool = False) -> bytes | str:
         codegen(ctx, b, sig, args)
         b.ret_void()
         _gemm_harness(ctx, typing, module, name)
+    for q8 in (False, True):
+        _sparse_harness(ctx, typing, module, q8)
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
     machine = llvm.Target.from_triple(TRIPLE).create_target_machine(

@@ -495,30 +495,6 @@ def test_every_kernel_path_computes_the_same_bits(tensors, tmp_path, path, n):
 QUANT_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
 
 
-@pytest.fixture(scope="module")
-def arm_harnesses(tmp_path_factory) -> dict[str, Path]:
-    """tests/arm_rows.py's kernels, with and without sdot, linked into a C harness each."""
-    import shutil
-
-    if os.uname().machine == "aarch64":
-        pytest.skip("on ARM the other tests run these kernels natively")
-    missing = [tool for tool in ("qemu-aarch64", "aarch64-linux-gnu-gcc") if shutil.which(tool) is None]
-    assert not missing, f"{' and '.join(missing)} needed (.ci/run installs qemu-user and gcc-aarch64-linux-gnu)"
-    from arm_rows import HARNESS_C
-
-    root = tmp_path_factory.mktemp("arm")
-    (root / "harness.c").write_text(HARNESS_C)
-    env = {**os.environ, "EDGELLM_GENERIC_SIMD": "1"}
-    out = {}
-    for variant in ("dotprod", "generic"):
-        subprocess.run([sys.executable, str(Path(__file__).with_name("arm_rows.py")), variant, str(root / f"{variant}.o")],
-                       env=env, check=True, timeout=600)
-        subprocess.run(["aarch64-linux-gnu-gcc", "-O1", "-o", str(root / variant), str(root / "harness.c"),
-                        str(root / f"{variant}.o")], check=True, timeout=300)
-        out[variant] = root / variant
-    return out
-
-
 @pytest.mark.parametrize("tokens", [0, 11], ids=["rows", "gemm"])
 @pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
 def test_the_arm_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype, tokens):
@@ -551,12 +527,7 @@ def test_the_arm_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype, tok
         f.write(np.array([data.shape[0], data.shape[1], n_cols, tokens], np.int64).tobytes())
         for part in (data, xq, xd, xs32, xs16, f16_table()):
             f.write(np.ascontiguousarray(part).tobytes())
-    arm = {}
-    for variant, harness in arm_harnesses.items():
-        result = tmp_path / f"{variant}.bin"
-        subprocess.run(["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", str(harness), qtype.name.lower(), str(case),
-                        str(result)], check=True, timeout=300)
-        arm[variant] = np.fromfile(result, np.float32).reshape(here.shape)
+    arm = {variant: run(qtype.name.lower(), case).reshape(here.shape) for variant, run in arm_harnesses.items()}
     assert np.array_equal(arm["dotprod"], arm["generic"])
     if qtype in K_QUANTS and not tokens:
         np.testing.assert_allclose(arm["generic"], here, rtol=1e-5, atol=1e-5 * np.abs(here).max())

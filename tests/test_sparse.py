@@ -98,6 +98,41 @@ def test_both_row_kernels_equal_the_dense_kernels(qtype, kernel, n_cols):
     assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("n_cols", [256, 640])
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0], ids=lambda t: t.name)
+def test_the_arm_row_kernel_under_qemu(arm_harnesses, tmp_path, qtype, n_cols):
+    """The compact rows as an ARM CPU runs them (tbl lookups, sdot or its generic form; tests/
+    arm_rows.py, run by qemu) against this machine's: the same products, bit for bit against the
+    AVX-512 VBMI kernel, whose slot order they share (640: Gemma's rows, 5 pairs, the odd one
+    alone)."""
+    import numba
+
+    from edgellm.kernels.matvec import f16_table, quantize_x
+
+    w = sparse.from_twin("w", pruned_twin(70, n_cols, qtype), qtype, n_cols)
+    x = RNG.standard_normal((1, n_cols)).astype(np.float32)
+    xq, xd = quantize_x(x)[:2]
+    q8 = qtype == Q.Q8_0
+    here = np.empty((1, 70), np.float32)
+    if sparse_kernels.VECTOR_KERNEL:
+        rows = sparse_kernels.sparse_rows_q8 if q8 else sparse_kernels.sparse_rows_q4
+        numba.njit(lambda v, i, s, xq, xd, f16, out: rows(v, i, s, xq, xd, f16, out, 0, out.shape[1]))(
+            w.values, w.index, w.scales, xq, xd, f16_table(), here)
+    else:
+        sparse_kernels.rows_loop(w.values, w.index, w.scales, xq, xd, here, 0, 70, q8)
+    case = tmp_path / "case.bin"
+    with open(case, "wb") as f:
+        f.write(np.array([70, n_cols], np.int64).tobytes())
+        for part in (w.values, w.index, w.scales, xq, xd, f16_table()):
+            f.write(np.ascontiguousarray(part).tobytes())
+    arm = {variant: run("sparse_q8" if q8 else "sparse_q4", case) for variant, run in arm_harnesses.items()}
+    assert np.array_equal(arm["dotprod"], arm["generic"])
+    if sparse_kernels.HAS_VBMI:  # the same slots, lanes and float steps: the same bits
+        assert np.array_equal(arm["dotprod"], here[0])
+    else:  # AVX2's own slot order: other lanes
+        np.testing.assert_allclose(arm["dotprod"], here[0], rtol=1e-5, atol=1e-5 * np.abs(here).max())
+
+
 @pytest.mark.skipif(not sparse_kernels.HAS_VBMI, reason="the AVX-512 VBMI kernel")
 @pytest.mark.parametrize("q8", [False, True], ids=["q4", "q8"])
 def test_the_vbmi_row_kernel_stays_on_256_bit_registers(q8):
