@@ -179,8 +179,8 @@ class LLM:
             return
         with self._blas.limit(limits=1, user_api="blas"):
             if dry or team.start_compiling_serve():  # serve under way in a second process: compile the rest here
-                # the jobs' outputs are garbage (NaNs too), kept out of the real cache: stale
-                # slots there are masked, and a NaN times a zero weight is NaN
+                # the jobs' outputs are garbage: a throwaway cache takes them, so that the real
+                # one holds only what real passes wrote (and its pages stay untouched)
                 with team.dry_run(), np.errstate(all="ignore"):
                     self._warm_up_passes(token, n, KVCache(self.hparams, n + 1, self.kv_type))
                 if dry:
