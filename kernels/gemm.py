@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 
 from .matvec import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from .simd import (
-    F32, I8, I16, I32, I64, IN_ORDER, QUANT_TYPES, SPLIT_PAIRS, VNNI_512, Emitter, idot16, outlined, vec,
+    F32, I8, I16, I32, I64, QUANT_TYPES, SPLIT_PAIRS, VNNI_512, Emitter, idot16, outlined, vec,
 )
 
 # Rows per panel: the int32 lanes of one dot instruction, 16 with AVX-512 VNNI (on CPUs that
@@ -162,19 +162,17 @@ def _tokens(e, halves, c0, count, n_subs, n_cols, rows):
             acc = b.load(accs[k])
             s32 = b.add(b.mul(c, per_row32), v)
             xd = e.splat(e.scalar(e.xd, s32), lanes)
-            # the sums in the order written (IN_ORDER): reassociated, the 8- and the 16-lane
-            # panels of Q6_K had come out in different orders, different by 5e-6
             if halves:  # values 0-15 (code vectors 0-7) and 16-31 have their own scales
                 lo, hi = _chain(e, codes, words, range(8)), _chain(e, codes, words, range(8, 16))
-                acc = e.fma(e.fmul(scale, xd, IN_ORDER), e.to_float(lo), acc, IN_ORDER)
-                acc = e.fma(e.fmul(scale_hi, xd, IN_ORDER), e.to_float(hi), acc, IN_ORDER)
+                acc = e.fma(e.fmul(scale, xd), e.to_float(lo), acc)
+                acc = e.fma(e.fmul(scale_hi, xd), e.to_float(hi), acc)
                 s16 = b.add(b.mul(c, per_row16), e.mul(v, 2))
-                acc = e.fma(off, e.splat(e.scalar(e.xs16, s16), lanes), acc, IN_ORDER)
-                acc = e.fma(off_hi, e.splat(e.scalar(e.xs16, e.add(s16, 1)), lanes), acc, IN_ORDER)
+                acc = e.fma(off, e.splat(e.scalar(e.xs16, s16), lanes), acc)
+                acc = e.fma(off_hi, e.splat(e.scalar(e.xs16, e.add(s16, 1)), lanes), acc)
             else:  # two chains of eight dot instructions, then one sum
                 dots = b.add(_chain(e, codes, words, range(0, 16, 2)), _chain(e, codes, words, range(1, 16, 2)))
-                acc = e.fma(e.fmul(scale, xd, IN_ORDER), e.to_float(dots), acc, IN_ORDER)
-                acc = e.fma(off, e.splat(e.scalar(e.xs32, s32), lanes), acc, IN_ORDER)
+                acc = e.fma(e.fmul(scale, xd), e.to_float(dots), acc)
+                acc = e.fma(off, e.splat(e.scalar(e.xs32, s32), lanes), acc)
             b.store(acc, accs[k])
     valid = b.sub(rows, e.r0)
     full = b.icmp_signed(">=", valid, ir.Constant(I64, GROUP_ROWS))

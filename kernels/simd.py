@@ -15,10 +15,10 @@ vpmaddwd by ones; ARM with the dot product extension: two sdot; elsewhere plain 
 math for LLVM to lower, which took 4-5x the instructions of the AVX2 path on x86 and 3.5-4.6x
 those of sdot on AArch64). Q8_0's w + 128 would overflow vpmaddubsw's int16 sums and is no
 signed byte for sdot, so there its signed codes w go in and 128 . xq is added: the same lanes.
-Every path computes the same lanes and the same float arithmetic after them: the same logits on
-every x86 CPU (tests/test_kernels.py; ARM's lowering of the K-quants' float sums differs by
-rounding). The lanes become floats once per block and are scaled by d_w * xd into a float
-accumulator. A block's offset or minimum never touches the lanes:
+Every path computes the same lanes and the same float arithmetic after them, in the same order
+(IN_ORDER): the same products on every x86 CPU and on ARM (tests/test_kernels.py). The lanes
+become floats once per block and are scaled by d_w * xd into a float accumulator. A block's
+offset or minimum never touches the lanes:
 
     sum_j d (u_j - z) xq_j xd  =  d xd sum_j u_j xq_j  -  d z xs32
 
@@ -46,9 +46,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
-FAST = ("fast",)  # lane arithmetic may be reassociated and contracted (dots, not exact values)
-# Contracted into FMAs but added in the order written: where LLVM's choice of order would
-# depend on the vector width, and so the bits on the CPU
+# Lane arithmetic is contracted into FMAs but never reassociated: where LLVM may choose the order
+# of additions it chooses by vector width and target (the prefill GEMM's 8- and 16-lane panels,
+# AArch64's K-quant rows came out different by 5e-7), and every CPU would round its own way.
+# Measured against "fast": decode 56.2 tok/s either way (three pairs), prefill the same.
 IN_ORDER = ("contract",)
 
 
@@ -138,15 +139,15 @@ class Emitter:
     def to_float(self, ints):
         return self.b.sitofp(ints, vec(F32, ints.type.count))
 
-    def fmul(self, a, b, flags=FAST):
-        return self.b.fmul(a, b, flags=flags)
+    def fmul(self, a, b):
+        return self.b.fmul(a, b, flags=IN_ORDER)
 
-    def fadd(self, a, b, flags=FAST):
-        return self.b.fadd(a, b, flags=flags)
+    def fadd(self, a, b):
+        return self.b.fadd(a, b, flags=IN_ORDER)
 
-    def fma(self, a, b, acc, flags=FAST):
+    def fma(self, a, b, acc):
         """acc + a * b, contracted into an FMA where the CPU has one."""
-        return self.fadd(acc, self.fmul(a, b, flags), flags)
+        return self.fadd(acc, self.fmul(a, b))
 
     def halves(self, v):
         n = v.type.count // 2

@@ -500,9 +500,9 @@ QUANT_TYPES = [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
 def test_the_arm_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype, tokens):
     """The decode rows (tokens 0: one x row) and the prefill GEMM (11 tokens: a step of 8 and 3
     more) as an ARM CPU runs them, executed by qemu: with the dot product extension (sdot: a
-    Raspberry Pi 5, Apple M, Graviton) bit-identical to the generic path (a Pi 4), and both equal
-    to this machine's kernels: bit for bit for the 32-value types and the GEMM, to float
-    rounding for the K-quants' rows (AArch64's lowering orders their float sums its own way)."""
+    Raspberry Pi 5, Apple M, Graviton) and without it (a Pi 4), bit for bit this machine's
+    products (with the float sums reassociated, AArch64 had ordered the K-quant rows' its own
+    way: 5e-7 apart)."""
     import numba
 
     from edgellm.kernels import gemm, simd
@@ -528,8 +528,4 @@ def test_the_arm_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype, tok
         for part in (data, xq, xd, xs32, xs16, f16_table()):
             f.write(np.ascontiguousarray(part).tobytes())
     arm = {variant: run(qtype.name.lower(), case).reshape(here.shape) for variant, run in arm_harnesses.items()}
-    assert np.array_equal(arm["dotprod"], arm["generic"])
-    if qtype in K_QUANTS and not tokens:
-        np.testing.assert_allclose(arm["generic"], here, rtol=1e-5, atol=1e-5 * np.abs(here).max())
-    else:
-        assert np.array_equal(arm["generic"], here)
+    assert np.array_equal(arm["dotprod"], here) and np.array_equal(arm["generic"], here)
