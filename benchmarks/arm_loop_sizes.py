@@ -15,14 +15,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from arm_rows import TYPES, build  # noqa: E402
-
-from edgellm.kernels import gemm  # noqa: E402
+from arm_rows import TYPES, build
+from edgellm.kernels import gemm
 
 
 def loops(asm: str, function: str) -> list[list[str]]:
     """The instructions of each loop (a label and a later branch back to it) of a function."""
-    body = re.search(rf"^edgellm\.{function}[^:\n]*:\n(.*?)\.Lfunc_end", asm, re.S | re.M).group(1)
+    body = re.search(rf"^edgellm\.{function}[^:\n]*:\n(.*?)\.Lfunc_end", asm, re.DOTALL | re.MULTILINE).group(1)
     lines = body.splitlines()
     labels = {line.rstrip(":"): i for i, line in enumerate(lines) if re.match(r"^\.LBB\S+:", line)}
     found = []

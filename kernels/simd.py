@@ -275,7 +275,7 @@ def _q128(e, n, blocks):
     out = b.alloca(vec(I32, ILANES), size=b.mul(n, blocks))
     with cgutils.for_range(b, b.mul(n, blocks)) as loop:
         q = b.load(b.bitcast(e.gep(e.xq, e.mul(loop.index, 32)), vec(I8, 32).as_pointer()), align=1)
-        lanes = idot(e, e.const(I8, 32, -128), q)  # AVX2: the unsigned byte 128; sdot: -128, so
+        lanes = idot(e, e.const(I8, 32, -128), q)  # the byte 0x80: 128 to AVX2, -128 to sdot
         b.store(b.neg(lanes) if DOTPROD else lanes, e.gep(out, loop.index), align=4)
     return out
 

@@ -49,8 +49,7 @@ from .simd import (
 )
 
 HAS_VBMI = X86 and bool(CPU_FEATURES.get("avx512vbmi") and CPU_FEATURES.get("avx512vl"))
-USE_NEON = NEON  # tbl: a byte lookup in 64 bytes (module global: tests/arm_rows.py sets it)
-VECTOR_KERNEL = HAS_VBMI or AVX2 or USE_NEON  # sparse_rows_q4/_q8 run here (else rows_loop)
+VECTOR_KERNEL = HAS_VBMI or AVX2 or NEON  # sparse_rows_q4/_q8 run here (else rows_loop)
 if HAS_VBMI or AVX2:  # the JIT assembles the kernels' inline assembly (vpermi2b; AVX2's broadcast loads)
     llvm.initialize_native_asmparser()
 
@@ -214,7 +213,7 @@ def _add_pair(e, q8, acc, scales, k, c):
     b = e.b
     if HAS_VBMI:
         lanes, blocks = _pair_lanes(e, q8, c), _LANE_SCALES
-    elif USE_NEON:
+    elif NEON:  # tbl: a byte lookup in 64 bytes
         lanes, blocks = _pair_lanes_neon(e, q8, c), _LANE_SCALES
     else:
         lanes, blocks = _pair_lanes_avx2(e, q8, c), _AVX2_BLOCK1_LANES

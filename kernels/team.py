@@ -130,9 +130,9 @@ _compiler: list = []
 _compiler_lock = threading.Lock()
 # sys.path[0] of `python -c` is the current folder: in a source checkout its edgellm/ would
 # shadow the installed package (whose kernels are edgellm.kernels), so it goes (as with -P).
-_COMPILE_SERVE = ("import sys; del sys.path[0]; from numba import types as t; "
-                  "from edgellm.kernels.team import serve; "
-                  "serve.compile((t.int64[::1], t.int64[::1], t.boolean, t.int64))")
+_COMPILE_SERVE = ("import sys; del sys.path[0]; from edgellm.kernels.team import SERVE_TYPES, serve; "
+                  "serve.compile(SERVE_TYPES)")
+SERVE_TYPES = (types.int64[::1], types.int64[::1], types.boolean, types.int64)  # ctl, desc, post, idle_spins
 
 
 class _DryRun(threading.local):
@@ -183,8 +183,8 @@ def load_team_code() -> None:
     here), rather than on a first job or a worker's first wake-up: before a caller gives the
     compiler's pages back (LLM._compile_if_needed)."""
     wait_for_serve()
-    serve.compile((types.int64[::1], types.int64[::1], types.boolean, types.int64))
-    woke.compile((types.int64[::1],))
+    serve.compile(SERVE_TYPES)
+    woke.compile(SERVE_TYPES[:1])
 
 
 @contextlib.contextmanager

@@ -191,7 +191,7 @@ def build(dotprod: bool, assembly: bool = False) -> bytes | str:
     if simd.X86:
         raise RuntimeError("the x86 paths are on: set EDGELLM_GENERIC_SIMD=1")
     simd.DOTPROD = simd.Q8_0_SPLIT = dotprod  # what simd.py sets on an ARM CPU with / without sdot
-    sparse_kernels.USE_NEON = True  # and sparse.py on any ARM CPU
+    sparse_kernels.NEON = True  # and sparse.py on any ARM CPU
     ctx, typing = cpu_target.target_context, cpu_target.typing_context
     module = ir.Module("arm_rows")
     fnty = ir.FunctionType(ir.VoidType(), [I8P, I64, I64, I8P, F32P, F32P, F32P, F32P, F32P, I64])
