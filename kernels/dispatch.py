@@ -540,13 +540,20 @@ def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
 
 def parallel_map(fn, items) -> None:
     """fn(item) for every item, spread over numba.get_num_threads() Python threads (fn must
-    spend its time in code that drops the GIL: BLAS, nogil Numba)."""
+    spend its time in code that drops the GIL: BLAS, nogil Numba), each under the caller's numpy
+    error settings (they are per thread: a dry warm-up's np.errstate would not reach them)."""
     workers = numba.get_num_threads()
     if workers == 1 or len(items) == 1:
         for item in items:
             fn(item)
-    else:
-        list(_pool(workers).map(fn, items))
+        return
+    errors = np.geterr()
+
+    def under_callers_errstate(item):
+        with np.errstate(**errors):
+            fn(item)
+
+    list(_pool(workers).map(under_callers_errstate, items))
 
 
 _local = threading.local()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 
@@ -120,3 +121,16 @@ def test_the_prefetch_takes_the_first_bytes_each_job_reads():
     values, index = np.empty(2 * budget, np.uint8), np.empty(budget, np.uint8)
     ranges = dispatch._ranges([(values, index)]).reshape(-1, 2)
     assert ranges[:2, 1].tolist() == [2 * budget // 3, budget // 3]
+
+
+def test_the_prefill_pool_keeps_the_callers_numpy_error_settings():
+    """numpy's error settings are per thread: the dry warm-up's np.errstate(all="ignore") must
+    reach the pool's threads too (its garbage printed RuntimeWarnings from there)."""
+    numba_threads = dispatch.numba.get_num_threads()
+    dispatch.numba.set_num_threads(2)
+    try:
+        with np.errstate(divide="raise"):
+            with pytest.raises(FloatingPointError):
+                dispatch.parallel_map(lambda i: np.ones(1) / np.zeros(1), range(4))
+    finally:
+        dispatch.numba.set_num_threads(numba_threads)
