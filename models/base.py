@@ -322,12 +322,15 @@ class Transformer:
             x *= np.float32(self.embed_scale)
         return x
 
-    def forward(self, tokens: np.ndarray, positions: np.ndarray, kv_cache, all_logits: bool) -> np.ndarray:
-        """Logits [n, n_vocab] for every token (all_logits) or [1, n_vocab] for the last one."""
+    def forward(self, tokens: np.ndarray, positions: np.ndarray, kv_cache, logits: str) -> np.ndarray | None:
+        """Logits [n, n_vocab] for every token (logits "all"), [1, n_vocab] for the last one
+        ("last"), or none (a part of a longer batch: only the cache is wanted)."""
         x = self.embed(tokens)
         for block, cache in zip(self.blocks, kv_cache.layers):
             x = block(x, positions, cache)
-        if not all_logits:
+        if logits == "none":
+            return None
+        if logits == "last":
             x = x[-1:]
         x = rms_norm(x, self.output_norm, self.hp.norm_eps)
         return self.output(x)

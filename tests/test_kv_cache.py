@@ -36,6 +36,29 @@ def test_chunked_and_incremental_eval_match_one_pass(tmp_path, arch, kv_type, to
         np.testing.assert_allclose(_incremental_logits(llm, ids, chunks), one_pass, rtol=tol, atol=tol)
 
 
+def test_a_long_batch_runs_as_passes_of_at_most_ubatch_tokens(tmp_path, monkeypatch):
+    """llama.cpp's n_ubatch: the activations of one pass stay those of UBATCH tokens, whatever
+    the batch; the logits are what one pass gives, and only the last part's are computed when
+    only the last token's are asked for."""
+    from edgellm import llm as llm_module
+
+    # f32 cache: a last part of <= FEW_QUERIES tokens attends through the decode kernel
+    llm = edgellm.load(write_tiny_model(tmp_path / "u.gguf", "llama", n_layer=2), threads=1, ctx=64, kv_type="f32")
+    ids = np.random.default_rng(2).integers(0, 64, 23)
+    one_pass = llm.logits(ids)  # one pass: 23 tokens < UBATCH
+    monkeypatch.setattr(llm_module, "UBATCH", 5)
+    passes = []
+    forward = llm.model.forward
+    monkeypatch.setattr(llm.model, "forward", lambda t, p, c, which: passes.append((len(t), which)) or forward(t, p, c, which))
+    np.testing.assert_allclose(llm.logits(ids), one_pass, rtol=2e-4, atol=2e-4)
+    assert passes == [(5, "all")] * 4 + [(3, "all")]
+    passes.clear()
+    llm.kv_cache.clear()
+    last = llm._eval(ids, all_logits=False)
+    assert passes == [(5, "none")] * 4 + [(3, "last")] and llm.kv_cache.n_past == 23
+    np.testing.assert_allclose(last, one_pass[-1:], rtol=2e-4, atol=2e-4)
+
+
 def test_sliding_window_changes_what_attention_sees(tmp_path):
     windowed = edgellm.load(write_tiny_model(tmp_path / "w.gguf", "gemma3", window=4, swa_pattern=2), ctx=64)
     full = edgellm.load(write_tiny_model(tmp_path / "f.gguf", "gemma3", window=0), ctx=64)
