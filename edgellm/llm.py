@@ -82,6 +82,7 @@ class LLM:
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata) if model_kind not in (None, "none") else None
         if self.tokenizer is not None and self.tokenizer.n_vocab != self.hparams.n_vocab:
             raise GGUFError(f"vocabulary has {self.tokenizer.n_vocab} tokens but the embeddings have {self.hparams.n_vocab} rows")
+        self.gguf.release_header()  # the model and the tokenizer have read what they keep
         if ctx is None or ctx <= 0:  # like llama.cpp's -c 0: the training context
             ctx = self.hparams.n_ctx_train
         self.n_ctx = int(ctx)

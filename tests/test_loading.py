@@ -105,6 +105,29 @@ def test_release_library_pages_reclaims_a_read_only_mapping(tmp_path):
         m.close()
 
 
+def test_the_header_pages_leave_once_read_and_read_back_the_same(model_path):
+    """The bundled model's header (a 262k-token vocabulary, ~5 MiB) is read once at load: its
+    pages are dropped from this process, and what still views them (the token scores) reads the
+    same afterwards."""
+    from edgellm.gguf_file import GGUFFile
+
+    gguf = GGUFFile(model_path)
+    start = f"{np.frombuffer(gguf._mmap, np.uint8).ctypes.data:x}-"  # this mapping, not another test's
+
+    def resident_kib():
+        with open("/proc/self/smaps") as f:
+            lines = f.read().splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith(start))
+        return next(int(line.split()[1]) for line in lines[at:] if line.startswith("Rss:"))
+
+    scores = np.array(gguf.metadata["tokenizer.ggml.scores"])
+    header_kib = gguf.header_bytes >> 10
+    assert header_kib > 4 << 10 and resident_kib() > header_kib // 2
+    gguf.release_header()
+    assert resident_kib() < header_kib // 10
+    np.testing.assert_array_equal(gguf.metadata["tokenizer.ggml.scores"], scores)
+
+
 def test_a_first_run_says_it_compiles_and_warms_up_without_changing_the_output(model_path, monkeypatch):
     """On a fresh install the front end's on_compile is called once, and a warm-up pass (a
     prefill-sized batch, then one decode step) compiles the kernels before the timed prefill,
