@@ -34,6 +34,6 @@ def needs_compiling() -> bool:
     """True when the kernels a forward pass runs have no machine code in numba's disk cache yet
     (a fresh install, or an upgrade changed their source): the first pass will compile them for
     several seconds, which a front end should announce."""
-    from . import dispatch, nn, team
+    from . import dispatch, nn, norm, team
 
-    return not all(map(team.in_disk_cache, (dispatch._fill_weights, team.serve, nn._rms_norm_rows, nn._fill_attend)))
+    return not all(map(team.in_disk_cache, (dispatch._fill_weights, team.serve, norm.rms_norm_rows, nn._fill_attend)))

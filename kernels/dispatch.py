@@ -49,6 +49,7 @@ from . import jobs
 from . import sparse as sparse_kernels
 from .gemm import GROUP_ROWS
 from .matvec import f16_table, quantize_into_8, quantize_into_8k, quantize_into_16
+from .norm import rms_norm_rows
 from .team import team
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
@@ -204,6 +205,8 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 _F16 = f16_table()
 GROUP = jobs.GROUP  # weights per matvec job (Q, K, V)
 _NO_ROWS = _readonly(np.empty((0, 34), np.uint8))  # the padding weight
+_NO_NORM = _readonly(np.empty(0, np.float32))  # a matmul without a norm before it
+_NO_EPS = np.float32(0)
 # A matvec work item reads at least MIN_ITEM_BYTES of weights, and a weight is cut into at most
 # ITEMS_PER_THREAD items per thread: claiming an item moves a cache line between cores (~0.3 us on
 # a VM), so a 178 MB output projection in 32 KB items lost 4 ms to claims.
@@ -259,6 +262,11 @@ class Weight:
         self.n_cols, self.rows = n_cols, self.data.shape[0]
 
 
+def _readonly_as_is(a: np.ndarray) -> np.ndarray:
+    """a if it is read-only already (a model's norm weights), else a read-only view of it."""
+    return a if not a.flags.writeable else _readonly(a)
+
+
 def _x_rows(x: np.ndarray, n_cols: int) -> np.ndarray:
     x = _readonly(np.ascontiguousarray(x, dtype=np.float32))
     if x.ndim != 2 or x.shape[1] != n_cols:
@@ -292,29 +300,41 @@ class WeightGroup:
         # for K-quants, Q8_0 blocks of 32 otherwise (a group mixing the two takes Q8_0).
         self.k_blocks = n_cols % 256 == 0 and all(w.ggml_type in K_QUANTS for w in self.weights)
         self.next_ranges = None  # the ranges of the group whose mat-vec came after this one's last time
+        self._per_n = {}  # (rows of x, normed) -> (scratch bytes, an empty output for the padding)
 
     @functools.cached_property
     def ranges(self) -> np.ndarray:
         """What a worker prefetches for this group's decode mat-vec (_ranges)."""
         return _ranges([(w.data,) for w in self.weights])
 
-    def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
-        """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones)."""
+    def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None, norm=None) -> list[np.ndarray]:
+        """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones). norm:
+        (weight float32 [n_cols], eps): the product of rms_norm(x, weight, eps) instead, the norm
+        made where x is quantized for the kernels (the same bits as the two steps apart)."""
         x = _x_rows(x, self.n_cols)
         n = x.shape[0]
         if outs is None:
             outs = [np.empty((n, w.rows), np.float32) for w in self.weights]
         if n == 0 or not self.matvec or (n > MATVEC_MAX_ROWS and not self.quantized):
+            if norm is not None:
+                normed = np.empty_like(x)
+                rms_norm_rows(x, norm[0], np.float32(norm[1]), normed)
+                x = _readonly(normed)
             return [_matmul_many_rows(x, w, out) for w, out in zip(self.weights, outs)]
+        norm_w, eps = (_NO_NORM, _NO_EPS) if norm is None else (_readonly_as_is(norm[0]), np.float32(norm[1]))
         kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM
         t = current_team()
         hint = _decode_hint(self) if kind == jobs.MATVEC else _NO_RANGES
+        key = (n, norm is not None)
+        if key not in self._per_n:  # what a call with n rows of x takes that does not change
+            self._per_n[key] = (_scratch_bytes(kind, n, self.n_cols, norm is not None), np.empty((n, 0), np.float32))
+        scratch_bytes, no_out = self._per_n[key]
         ys = []
         for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
-            outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (np.empty((n, 0), np.float32),) * pad
+            outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (no_out,) * pad
             with t.lock:
-                _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads,
-                              t.scratch(_scratch_bytes(kind, x.shape[0], self.n_cols)), self.k_blocks)
+                _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads, t.scratch(scratch_bytes),
+                              self.k_blocks, norm_w, eps)
                 t.run(hint)
             ys += outs_part[: len(part)]
         return ys
@@ -388,10 +408,11 @@ def _scratch_layout(kind, n, n_cols):
     return codes, floats
 
 
-def _scratch_bytes(kind: int, n: int, n_cols: int) -> int:
-    """Bytes _fill_weights and _fill_sparse need for the quantized x."""
+def _scratch_bytes(kind: int, n: int, n_cols: int, normed: bool = False) -> int:
+    """Bytes _fill_weights and _fill_sparse need for the quantized x (and normed: the normalized
+    x, after it)."""
     codes, floats = _scratch_layout(kind, n, n_cols)
-    return codes + 3 * floats
+    return codes + 3 * floats + (4 * n * n_cols if normed else 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -415,6 +436,21 @@ def _quantize_into_scratch(x, scratch, kind, desc, k_blocks):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks):
+    """_quantize_into_scratch of x, or with a norm weight (norm not empty) of rms_norm(x, norm,
+    eps), made into scratch after the quantized x's fields (where the kernels read x from)."""
+    if norm.shape[0] == 0:
+        _quantize_into_scratch(x, scratch, kind, desc, k_blocks)
+        return
+    n, n_cols = x.shape
+    codes, floats = _scratch_layout(kind, n, n_cols)
+    at = codes + 3 * floats
+    xn = scratch[at : at + 4 * n * n_cols].view(np.float32).reshape(n, n_cols)
+    rms_norm_rows(x, norm, eps, xn)
+    _quantize_into_scratch(xn, scratch, kind, desc, k_blocks)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _item_rows(gemm, rows, row_bytes, n_threads):
     """Rows per work item of a weight: for the GEMM whole panels, several per item if there are
     many; for a mat-vec at least MIN_ITEM_BYTES of weights, ITEMS_PER_THREAD items a thread."""
@@ -424,11 +460,12 @@ def _item_rows(gemm, rows, row_bytes, n_threads):
 
 
 @njit(cache=True, nogil=True)
-def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks):
+def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks, norm, eps):
     """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
-    rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes)."""
+    rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes); x
+    rms-normed first if norm (its weight) is not empty."""
     n, n_cols = x.shape
-    _quantize_into_scratch(x, scratch, kind, desc, k_blocks)
+    _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
     desc[jobs.MV_F16] = f16.ctypes.data

@@ -13,8 +13,9 @@ from numba import njit
 
 from . import jobs
 from .attend import CHUNK, attend_serial, combine_parts, normalize_parts
-from .dispatch import current_team, parallel_map
+from .dispatch import _readonly, current_team, parallel_map
 from .gelu import gelu_mul_range, gelu_table
+from .norm import add_rms_norm_rows, rms_norm_rows
 from .simd import exp_inplace, f16_bits, round_f16
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
@@ -26,26 +27,17 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     multiply."""
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
     out = np.empty_like(rows)
-    _rms_norm_rows(rows, weight, np.float32(eps), out)
+    rms_norm_rows(rows, weight, np.float32(eps), out)
     return out.reshape(x.shape)
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _sum_squares(row):
-    """sum of row^2 in double (fast-math: the double lanes may add in any order)."""
-    total = 0.0
-    for j in range(row.shape[0]):
-        total += np.float64(row[j]) * np.float64(row[j])
-    return total
-
-
-@njit(cache=True, nogil=True)
-def _rms_norm_rows(x, weight, eps, out):
-    d = x.shape[1]
-    for i in range(x.shape[0]):
-        scale = np.float32(1.0) / np.sqrt(np.float32(_sum_squares(x[i]) / d) + eps)
-        for j in range(d):
-            out[i, j] = (x[i, j] * scale) * weight[j]
+def add_rms_norm(x: np.ndarray, a: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x + rms_norm(a, weight, eps) (Gemma's norms after attention and FFN), bit for bit, in one
+    call. x, a float32 [n, d]."""
+    out = np.empty(a.shape, np.float32)
+    add_rms_norm_rows(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(a, dtype=np.float32),
+                      weight, np.float32(eps), out)
+    return out
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -151,6 +143,32 @@ def _rope(x, cos, sin, neox):
                 for j in range(half):
                     a, b = v[2 * j], v[2 * j + 1]
                     v[2 * j], v[2 * j + 1] = a * c[j] - b * s[j], b * c[j] + a * s[j]
+
+
+def norm_rope(q: np.ndarray, k: np.ndarray, q_norm: np.ndarray | None, k_norm: np.ndarray | None, eps: float,
+              cos: np.ndarray, sin: np.ndarray, mode: int) -> None:
+    """In place on q [n, n_head, hd] and k [n, n_kv, hd], C-contiguous float32 (a matmul's
+    outputs): each head's RMS norm (by q_norm / k_norm [hd]; None: no norm), then RoPE as
+    apply_rope; one call for what rms_norm and apply_rope take four, with their bits."""
+    for a in (q, k):
+        if not (a.flags.c_contiguous and a.dtype == np.float32):
+            raise ValueError("norm_rope works in place on C-contiguous float32 arrays")
+    _norm_rope(q, k, _readonly(_NO_WEIGHT if q_norm is None else q_norm),
+               _readonly(_NO_WEIGHT if k_norm is None else k_norm), np.float32(eps),
+               np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32),
+               mode == ROPE_NEOX)
+
+
+_NO_WEIGHT = np.empty(0, np.float32)
+
+
+@njit(cache=True, nogil=True)
+def _norm_rope(q, k, q_norm, k_norm, eps, cos, sin, neox):
+    for x, weight in ((q, q_norm), (k, k_norm)):
+        if weight.shape[0]:
+            rows = x.reshape(x.shape[0] * x.shape[1], x.shape[2])
+            rms_norm_rows(rows, weight, eps, rows)
+        _rope(x, cos, sin, neox)
 
 
 def to_f16(x: np.ndarray) -> np.ndarray:

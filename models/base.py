@@ -14,7 +14,7 @@ import numpy as np
 
 from edgellm.gguf_file import GGUFError, GGUFFile, Tensor
 from edgellm.kernels import Weight, WeightGroup, get_rows
-from edgellm.kernels.nn import ROPE_NORM, apply_rope, attention, rms_norm, rope_inv_freq, rope_tables_for
+from edgellm.kernels.nn import ROPE_NORM, attention, norm_rope, rms_norm, rope_inv_freq, rope_tables_for
 from edgellm.sparse import SparseGroup, SparseWeight, sparse_weights
 
 
@@ -158,9 +158,14 @@ class Weights:
         return t
 
     def vector(self, name: str, size: int, required: bool = True) -> np.ndarray | None:
-        """A 1-D F32/F16 tensor (norm weight, bias) as float32."""
+        """A 1-D F32/F16 tensor (norm weight, bias) as float32, read-only (as the kernels take
+        what they only read: one compiled form)."""
         t = self.get(name, (size,), required)
-        return None if t is None else np.asarray(t.array(), dtype=np.float32)
+        if t is None:
+            return None
+        v = np.asarray(t.array(), dtype=np.float32).view()
+        v.flags.writeable = False
+        return v
 
 
 class Linear:
@@ -174,8 +179,8 @@ class Linear:
         self.weight = None if self.sparse is not None else Weight(weight.data, weight.ggml_type, weight.n_cols)
         self.alone = LinearGroup((self,))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.alone(x)[0]
+    def __call__(self, x: np.ndarray, norm=None) -> np.ndarray:
+        return self.alone(x, norm)[0]
 
 
 class LinearGroup:
@@ -190,14 +195,19 @@ class LinearGroup:
         self.sparse = SparseGroup(sparse) if all(isinstance(w, SparseWeight) for w in sparse) and len(
             {(w.value_type, w.n_cols) for w in sparse}) == 1 else None
 
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, x: np.ndarray, norm=None) -> list[np.ndarray]:
+        """norm: (weight, eps) of an RMS norm x takes first; for dense weights it is made where
+        the kernels quantize x (one call fewer, the same bits)."""
         if self.weights is not None:
-            ys = self.weights.matmul(x)
-        elif self.sparse is not None:  # 2:4 weights: one job too (edgellm/sparse.py)
-            ys = self.sparse.matmul(x)
+            ys = self.weights.matmul(x, norm=norm)
         else:
-            ys = [layer.sparse.matmul(x) if layer.sparse is not None else layer.alone(x)[0]
-                  for layer in self.linears]
+            if norm is not None:
+                x = rms_norm(x, *norm)
+            if self.sparse is not None:  # 2:4 weights: one job too (edgellm/sparse.py)
+                ys = self.sparse.matmul(x)
+            else:
+                ys = [layer.sparse.matmul(x) if layer.sparse is not None else layer.alone(x)[0]
+                      for layer in self.linears]
         for y, layer in zip(ys, self.linears):
             if layer.bias is not None:
                 y += layer.bias
@@ -246,20 +256,16 @@ class Attention:
         self.rope_factors = None  # llama 3.1+ long-context factors, set by the arch
         self.rope_memo = RopeMemo()  # the Transformer shares one between its layers
 
-    def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
+    def __call__(self, x: np.ndarray, positions: np.ndarray, cache, norm=None) -> np.ndarray:
+        """norm: (weight, eps) of the RMS norm x takes before Q, K and V (made in their matmul)."""
         hp = self.hp
         n = x.shape[0]
-        q, k, v = self.qkv(x)
+        q, k, v = self.qkv(x, norm)
         q = q.reshape(n, hp.n_head, hp.head_dim)  # [n, n_head, hd]
         k = k.reshape(n, hp.n_head_kv, hp.head_dim)  # [n, n_kv, hd]
         v = v.reshape(n, hp.n_head_kv, hp.head_dim_v)
-        if self.q_norm is not None:
-            q = rms_norm(q, self.q_norm, hp.norm_eps)
-        if self.k_norm is not None:
-            k = rms_norm(k, self.k_norm, hp.norm_eps)
         cos, sin = self.rope_memo.tables(positions, hp.n_rot, self.rope_base, self.rope_scale, self.rope_factors)
-        apply_rope(q, cos, sin, hp.rope_type)
-        apply_rope(k, cos, sin, hp.rope_type)
+        norm_rope(q, k, self.q_norm, self.k_norm, hp.norm_eps, cos, sin, hp.rope_type)  # Q/K norms, RoPE
         keys, values, key_pos = cache.update(k, v, positions)  # [n_kv, m, hd], [m]
         out = attention(q, keys, values, positions, key_pos, hp.attn_scale, self.window)
         return self.wo(out)
@@ -276,8 +282,9 @@ class FeedForward:
         self.gate_up = LinearGroup((self.gate, self.up))
         self.act_mul = act_mul
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        gate, up = self.gate_up(x)
+    def __call__(self, x: np.ndarray, norm=None) -> np.ndarray:
+        """norm: (weight, eps) of the RMS norm x takes before gate and up (made in their matmul)."""
+        gate, up = self.gate_up(x, norm)
         return self.down(self.act_mul(gate, up))
 
 
@@ -332,6 +339,5 @@ class Transformer:
             return None
         if logits == "last":
             x = x[-1:]
-        x = rms_norm(x, self.output_norm, self.hp.norm_eps)
-        return self.output(x)
+        return self.output(x, norm=(self.output_norm, self.hp.norm_eps))
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from edgellm.gguf_file import GGUFError, GGUFFile
-from edgellm.kernels.nn import ROPE_NEOX, gelu_mul, rms_norm
+from edgellm.kernels.nn import ROPE_NEOX, add_rms_norm, gelu_mul
 from edgellm.models.base import Attention, FeedForward, HParams, MetadataView, Transformer, Weights, read_hparams
 
 SWA_PATTERN = 6  # llama.cpp: layer il slides unless (il % 6) == 5
@@ -34,10 +34,10 @@ class Gemma3Block:
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
         eps = self.eps
-        a = self.attn(rms_norm(x, self.attn_norm, eps), positions, cache)
-        x = x + rms_norm(a, self.post_attention_norm, eps)
-        f = self.ffn(rms_norm(x, self.ffn_norm, eps))
-        return x + rms_norm(f, self.post_ffw_norm, eps)
+        a = self.attn(x, positions, cache, norm=(self.attn_norm, eps))
+        x = add_rms_norm(x, a, self.post_attention_norm, eps)
+        f = self.ffn(x, norm=(self.ffn_norm, eps))
+        return add_rms_norm(x, f, self.post_ffw_norm, eps)
 
 
 class Gemma3(Transformer):

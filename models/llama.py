@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgellm.gguf_file import GGUFError
-from edgellm.kernels.nn import ROPE_NORM, rms_norm, silu_mul
+from edgellm.kernels.nn import ROPE_NORM, silu_mul
 from edgellm.models.base import Attention, FeedForward, Transformer, Weights
 
 
@@ -26,8 +26,8 @@ class LlamaBlock:
 
     def __call__(self, x: np.ndarray, positions: np.ndarray, cache) -> np.ndarray:
         # x [n, d] -> x + attn(norm(x)), then + ffn(norm(.))
-        h = x + self.attn(rms_norm(x, self.attn_norm, self.eps), positions, cache)
-        return h + self.ffn(rms_norm(h, self.ffn_norm, self.eps))
+        h = x + self.attn(x, positions, cache, norm=(self.attn_norm, self.eps))
+        return h + self.ffn(h, norm=(self.ffn_norm, self.eps))
 
 
 class Llama(Transformer):

@@ -234,6 +234,45 @@ def test_matmul_group_equals_one_matmul_per_weight(tensors):
         np.testing.assert_array_equal(got, matmul(x, w.data, w.ggml_type, 640))
 
 
+@pytest.mark.parametrize("n", [1, 64])
+def test_a_norm_fused_into_the_matmul_gives_the_norm_then_the_matmul_bit_for_bit(tensors, n):
+    """Decode (mat-vec) and prefill (GEMM): the norm made where x is quantized; a row width the
+    kernels do not take (BLAS) normalizes first."""
+    from edgellm.kernels.nn import rms_norm
+
+    rng = np.random.default_rng(n)
+    for types in ((T.Q8_0, T.Q5_0, T.F32), (T.Q5_K,), (T.F16, T.Q4_1)):  # Q8_0 x blocks, Q8_K, float x
+        n_cols = tensors[types[0]][1]
+        x = rng.standard_normal((n, n_cols), dtype=np.float32) * 3
+        norm_w = rng.standard_normal(n_cols, dtype=np.float32)
+        group = kernels.WeightGroup([kernels.Weight(tensors[t][0], t, n_cols) for t in types])
+        for fused, plain in zip(group.matmul(x, norm=(norm_w, 1e-6)), group.matmul(rms_norm(x, norm_w, 1e-6))):
+            np.testing.assert_array_equal(fused, plain)
+    x, norm_w = rng.standard_normal((n, 20), dtype=np.float32), rng.standard_normal(20, dtype=np.float32)
+    odd = kernels.WeightGroup([kernels.Weight(rng.standard_normal((8, 20), dtype=np.float32).view(np.uint8), T.F32, 20)])
+    np.testing.assert_array_equal(odd.matmul(x, norm=(norm_w, 1e-6))[0], odd.matmul(rms_norm(x, norm_w, 1e-6))[0])
+
+
+def test_the_fused_norms_and_rope_give_the_separate_steps_bits():
+    from edgellm.kernels.nn import ROPE_NEOX, ROPE_NORM, add_rms_norm, apply_rope, norm_rope, rms_norm, rope_tables
+
+    rng = np.random.default_rng(3)
+    x, a = (rng.standard_normal((5, 64), dtype=np.float32) for _ in range(2))
+    w = rng.standard_normal(64, dtype=np.float32)
+    np.testing.assert_array_equal(add_rms_norm(x, a, w, 1e-6), x + rms_norm(a, w, 1e-6))
+    cos, sin = rope_tables(np.arange(5, 10), 32, 10000.0)
+    for mode in (ROPE_NORM, ROPE_NEOX):
+        for q_norm, k_norm in ((None, None), (w[:32], w[32:])):
+            q, k = rng.standard_normal((5, 4, 32), dtype=np.float32), rng.standard_normal((5, 2, 32), dtype=np.float32)
+            expected = []
+            for t, t_norm in ((q, q_norm), (k, k_norm)):
+                t = rms_norm(t, t_norm, 1e-6) if t_norm is not None else t.copy()
+                expected.append(apply_rope(t, cos, sin, mode))
+            norm_rope(q, k, q_norm, k_norm, 1e-6, cos, sin, mode)
+            np.testing.assert_array_equal(q, expected[0])
+            np.testing.assert_array_equal(k, expected[1])
+
+
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86 assembly")
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t != T.F32], ids=lambda t: t.name)
 def test_row_dots_are_simd_code(tensors, qtype):

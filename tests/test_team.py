@@ -30,7 +30,8 @@ def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray, prefetch=None) ->
                                np.array([int(T.Q8_0), int(T.Q8_0), int(T.Q8_0)]), dispatch._readonly(x),
                                dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
                                                np.empty((x.shape[0], 0), np.float32)),
-                               t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)), False)
+                               t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)), False,
+                               dispatch._NO_NORM, np.float32(0))
         t.run(prefetch)
     return out
 
@@ -129,8 +130,7 @@ def test_the_prefill_pool_keeps_the_callers_numpy_error_settings():
     numba_threads = dispatch.numba.get_num_threads()
     dispatch.numba.set_num_threads(2)
     try:
-        with np.errstate(divide="raise"):
-            with pytest.raises(FloatingPointError):
-                dispatch.parallel_map(lambda i: np.ones(1) / np.zeros(1), range(4))
+        with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+            dispatch.parallel_map(lambda i: np.ones(1) / np.zeros(1), range(4))
     finally:
         dispatch.numba.set_num_threads(numba_threads)
