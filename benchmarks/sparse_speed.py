@@ -4,9 +4,9 @@ random weights (speed does not depend on the values).
 
     python benchmarks/sparse_speed.py [--threads 2] [--rounds 10] [--skip-model] [--pair DENSE.gguf SPARSE.gguf]
 
-Mat-vec: `kernels.matmul` (what a dense Linear calls) vs `SparseWeight.matmul` (a compact Linear)
-on the same shapes; the sparse matrix is the dense one pruned 2:4, so both compute the same thing
-up to rounding. Each timing is the fastest of 40 calls on one matrix (it stays in cache: decode's
+Mat-vec: a dense Linear's `WeightGroup` vs a compact Linear's `SparseGroup`, each built once as a
+model builds them, on the same shapes; the sparse matrix is the dense one pruned 2:4, so both
+compute the same thing up to rounding. Each timing is the fastest of 40 calls on one matrix (it stays in cache: decode's
 prefetch of the next weights is off here), dense and sparse taken in turn (the machine is shared).
 Decode: two GGUF files of the same model, dense Q4_0/Q8_0 and compact 2:4 (embeddings and output
 Q8_0 in both, as the converter writes them); tokens/s over 32 single-token steps after a 16-token
@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType as Q
 
 import edgellm
 from edgellm import sparse
-from edgellm.kernels import dispatch, matmul, set_num_threads
+from edgellm.kernels import Weight, WeightGroup, dispatch, matmul, set_num_threads
 
 SHAPES = [(2048, 2048), (5632, 2048), (2048, 5632)]  # (rows, n_cols): q/o, gate/up, down
 BLOCK_BYTES = {Q.Q4_0: 18, Q.Q8_0: 34}
@@ -73,10 +73,11 @@ def bench_matvec(rng, qtype: Q) -> list[tuple]:
     for rows, n_cols in SHAPES:
         twin = random_twin(rng, rows, n_cols, qtype)
         w = sparse.from_twin("w", twin, qtype, n_cols)
-        for n in (1, 4, 64):  # decode, a few tokens, a prefill batch (dequantized tiles + BLAS)
+        dense_group, compact_group = WeightGroup([Weight(twin, qtype, n_cols)]), sparse.SparseGroup([w])
+        for n in (1, 4, 64):  # decode, a few tokens, a prefill batch (the GEMM)
             x = rng.standard_normal((n, n_cols)).astype(np.float32)
-            assert np.allclose(w.matmul(x), matmul(x, twin, qtype, n_cols), rtol=1e-3, atol=1e-2)
-            dense, compact = best_ms([lambda: matmul(x, twin, qtype, n_cols), lambda: w.matmul(x)])
+            assert np.allclose(compact_group.matmul(x)[0], matmul(x, twin, qtype, n_cols), rtol=1e-3, atol=1e-2)
+            dense, compact = best_ms([lambda: dense_group.matmul(x), lambda: compact_group.matmul(x)])
             rows_out.append((qtype.name, f"{rows}x{n_cols}", n, dense, compact,
                              twin.nbytes / 2**20, w.nbytes / 2**20))
     return rows_out

@@ -502,6 +502,7 @@ class SparseWeightGroup:
             self.parts.append((planes, len(part), pad))
         self.weights = weights
         self.next_ranges = None  # as WeightGroup's
+        self._per_n = {}  # as WeightGroup's
 
     @functools.cached_property
     def ranges(self) -> np.ndarray:
@@ -516,13 +517,16 @@ class SparseWeightGroup:
         scratch_kind = jobs.GEMM if kind == jobs.SPARSE_GEMM else jobs.MATVEC
         t = current_team()
         hint = _decode_hint(self) if kind == jobs.SPARSE else _NO_RANGES
+        if n not in self._per_n:
+            self._per_n[n] = (_scratch_bytes(scratch_kind, n, n_cols), np.empty((n, 0), np.float32))
+        scratch_bytes, no_out = self._per_n[n]
         done = 0
         for (values, index, scales), used, pad in self.parts:
-            outs_part = tuple(outs[done : done + used]) + (np.empty((n, 0), np.float32),) * pad
+            outs_part = tuple(outs[done : done + used]) + (no_out,) * pad
             done += used
             with t.lock:
                 _fill_sparse(t.desc, kind, values, index, scales, self.q8, x, _F16, outs_part,
-                             t.n_threads, t.scratch(_scratch_bytes(scratch_kind, n, n_cols)))
+                             t.n_threads, t.scratch(scratch_bytes))
                 t.run(hint)
         return outs
 
