@@ -142,12 +142,15 @@ class LLM:
         # pool of threads (kernels/dispatch.py), and BLAS's threads would only spin between
         # calls, stealing the cores the Numba kernels run on (2.5x slower decode).
         with self._blas.limit(limits=1, user_api="blas"):
-            parts = []
+            several = all_logits and len(ids) > UBATCH
+            logits = np.empty((len(ids), self.hparams.n_vocab), np.float32) if several else None
             for s in range(0, len(ids), UBATCH):
                 which = "all" if all_logits else "last" if s + UBATCH >= len(ids) else "none"
-                parts.append(self.model.forward(ids[s : s + UBATCH], positions[s : s + UBATCH], self.kv_cache, which))
+                part = self.model.forward(ids[s : s + UBATCH], positions[s : s + UBATCH], self.kv_cache, which)
+                if several:  # each part's into one array (not parts, then a copy: twice the logits)
+                    logits[s : s + UBATCH] = part
         self.kv_cache.n_past += len(ids)
-        return np.concatenate(parts) if all_logits and len(parts) > 1 else parts[-1]
+        return logits if several else part
 
     def prepare(self) -> None:
         """What the first forward pass does first (_compile_if_needed), now: for a caller that
