@@ -359,7 +359,6 @@ class GGUFFile:
         data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start)
         return Tensor(name, tuple(reversed(ne)), qtype, data.reshape(n_rows, row_bytes))
 
-    # Metadata helpers: arch-prefixed keys such as "{arch}.block_count".
     def release_header(self) -> None:
         """Drop the header's pages (metadata and tensor infos; mostly a vocabulary, ~5 MiB for
         Gemma 3's) from this process's resident memory, once what is copied out of them has been:
@@ -369,6 +368,7 @@ class GGUFFile:
         if end and hasattr(mmap, "MADV_DONTNEED"):
             self._mmap.madvise(mmap.MADV_DONTNEED, 0, end)
 
+    # Metadata helpers: arch-prefixed keys such as "{arch}.block_count".
     @property
     def architecture(self) -> str:
         arch = self.metadata.get("general.architecture")

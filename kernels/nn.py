@@ -13,7 +13,7 @@ from numba import njit
 
 from . import jobs
 from .attend import CHUNK, attend_serial, combine_parts, normalize_parts
-from .dispatch import _readonly, current_team, parallel_map
+from .dispatch import _readonly, _readonly_as_is, current_team, parallel_map
 from .gelu import gelu_mul_range, gelu_table
 from .norm import add_rms_norm_rows, rms_norm_rows
 from .simd import exp_inplace, f16_bits, round_f16
@@ -153,13 +153,13 @@ def norm_rope(q: np.ndarray, k: np.ndarray, q_norm: np.ndarray | None, k_norm: n
     for a in (q, k):
         if not (a.flags.c_contiguous and a.dtype == np.float32):
             raise ValueError("norm_rope works in place on C-contiguous float32 arrays")
-    _norm_rope(q, k, _readonly(_NO_WEIGHT if q_norm is None else q_norm),
-               _readonly(_NO_WEIGHT if k_norm is None else k_norm), np.float32(eps),
+    _norm_rope(q, k, _NO_WEIGHT if q_norm is None else _readonly_as_is(q_norm),
+               _NO_WEIGHT if k_norm is None else _readonly_as_is(k_norm), np.float32(eps),
                np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32),
                mode == ROPE_NEOX)
 
 
-_NO_WEIGHT = np.empty(0, np.float32)
+_NO_WEIGHT = _readonly(np.empty(0, np.float32))
 
 
 @njit(cache=True, nogil=True)
