@@ -203,13 +203,18 @@ class LLM:
         self.model.forward(np.array([token], np.int64), np.array([n], np.int64), cache, "last")
         cache.truncate(0)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """float32 [len(ids), n_vocab]: each position's next-token logits, fresh context, one pass."""
+    def logits(self, ids: Sequence[int], start: int = 0) -> np.ndarray:
+        """float32 [len(ids) - start, n_vocab]: the next-token logits of positions start.. of ids,
+        evaluated in a fresh context (the positions before start only fill the cache)."""
         ids = self._check_ids(ids)
-        if ids.size == 0:
-            return np.zeros((0, self.hparams.n_vocab), np.float32)
+        if not 0 <= start <= ids.size:
+            raise EdgeLLMError(f"start {start} is outside the {ids.size} ids")
         self.kv_cache.clear()
-        return self._eval(ids, all_logits=True)
+        if start:
+            self._eval(ids[:start], all_logits=False)
+        if start == ids.size:
+            return np.zeros((0, self.hparams.n_vocab), np.float32)
+        return self._eval(ids[start:], all_logits=True)
 
     # --- generation ---------------------------------------------------------------------------
     def generate(

@@ -26,6 +26,16 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def token_nll(logits: np.ndarray, targets: np.ndarray, rows: int = 32) -> np.ndarray:
+    """-log softmax(logits[i])[targets[i]] for each row i, in float64, a few rows at a time (a
+    whole chunk's float64 copy over a 262k vocabulary would be ~0.5 GB, and its temporaries more)."""
+    out = np.empty(len(targets), np.float64)
+    for s in range(0, len(targets), rows):
+        logp = log_softmax(logits[s : s + rows].astype(np.float64))
+        out[s : s + rows] = -logp[np.arange(len(logp)), targets[s : s + rows]]
+    return out
+
+
 def perplexity(llm, text: str, n_ctx: int, progress=None) -> Perplexity:
     tokens = llm.tokenize(text, bos=True)
     n_chunks = len(tokens) // n_ctx
@@ -39,11 +49,11 @@ def perplexity(llm, text: str, n_ctx: int, progress=None) -> Perplexity:
         chunk = list(tokens[i * n_ctx : (i + 1) * n_ctx])
         if bos is not None:
             chunk[0] = bos
-        logp = log_softmax(llm.logits(chunk)[first : n_ctx - 1].astype(np.float64))
+        # the first half only gives the scored half its context: no logits for it
         target = np.asarray(chunk[first + 1 :])
-        token_nll = -logp[np.arange(len(target)), target]
-        nll += token_nll.sum()
-        nll2 += np.square(token_nll).sum()
+        nlls = token_nll(llm.logits(chunk[: n_ctx - 1], start=first), target)
+        nll += nlls.sum()
+        nll2 += np.square(nlls).sum()
         count += len(target)
         if progress:
             progress(i + 1, n_chunks, math.exp(nll / count))
