@@ -124,7 +124,7 @@ def test_the_header_pages_leave_once_read_and_read_back_the_same(model_path):
     header_kib = gguf.header_bytes >> 10
     assert header_kib > 4 << 10 and resident_kib() > header_kib // 2
     gguf.release_header()
-    assert resident_kib() < header_kib // 10
+    assert resident_kib() <= 2 << 10  # at most the rest of the 2 MiB page the header ends in
     np.testing.assert_array_equal(gguf.metadata["tokenizer.ggml.scores"], scores)
 
 
