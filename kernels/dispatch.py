@@ -49,7 +49,7 @@ from . import jobs
 from . import sparse as sparse_kernels
 from .gemm import GROUP_ROWS
 from .matvec import f16_table, quantize_into_8, quantize_into_8k, quantize_into_16
-from .norm import rms_norm_rows
+from .norm import rms_norm, rms_norm_rows
 from .team import team
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
@@ -317,9 +317,7 @@ class WeightGroup:
             outs = [np.empty((n, w.rows), np.float32) for w in self.weights]
         if n == 0 or not self.matvec or (n > MATVEC_MAX_ROWS and not self.quantized):
             if norm is not None:
-                normed = np.empty_like(x)
-                rms_norm_rows(x, norm[0], np.float32(norm[1]), normed)
-                x = _readonly(normed)
+                x = _readonly(rms_norm(x, *norm))
             return [_matmul_many_rows(x, w, out) for w, out in zip(self.weights, outs)]
         norm_w, eps = (_NO_NORM, _NO_EPS) if norm is None else (_readonly_as_is(norm[0]), np.float32(norm[1]))
         kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM

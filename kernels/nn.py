@@ -15,20 +15,11 @@ from . import jobs
 from .attend import CHUNK, attend_serial, combine_parts, normalize_parts
 from .dispatch import _readonly, _readonly_as_is, current_team, parallel_map
 from .gelu import gelu_mul_range, gelu_table
-from .norm import add_rms_norm_rows, rms_norm_rows
+from .norm import add_rms_norm_rows, rms_norm, rms_norm_rows  # noqa: F401  (rms_norm: nn's, for the models)
 from .simd import exp_inplace, f16_bits, round_f16
 
 ROPE_NORM = 0  # rotate adjacent pairs (x[2i], x[2i+1]): llama, whose converter permutes Q/K rows
 ROPE_NEOX = 2  # rotate halves (x[i], x[i + n_rot/2]): qwen2, qwen3, gemma3
-
-
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """x [..., d] / rms(x) * weight [d], as ggml_rms_norm (sum of squares in double) followed by a
-    multiply."""
-    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-    out = np.empty_like(rows)
-    rms_norm_rows(rows, weight, np.float32(eps), out)
-    return out.reshape(x.shape)
 
 
 def add_rms_norm(x: np.ndarray, a: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

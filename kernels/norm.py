@@ -1,11 +1,20 @@
 """RMS norm rows, as ggml_rms_norm computes them (the sum of squares in double, then a multiply):
-one definition for the norm on its own (nn.rms_norm), the norm fused into a matmul's quantization
+one definition for the norm on its own (rms_norm), the norm fused into a matmul's quantization
 of x (dispatch) and the Q/K norms fused with RoPE (nn.norm_rope), so that all give the same bits."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x [..., d] / rms(x) * weight [d], as ggml_rms_norm (sum of squares in double) followed by a
+    multiply."""
+    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    out = np.empty_like(rows)
+    rms_norm_rows(rows, weight, np.float32(eps), out)
+    return out.reshape(x.shape)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
