@@ -22,10 +22,11 @@ from edgellm.default_model import default_model_path
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
 from edgellm.kernels import set_num_threads, team
+from edgellm.kernels.footprint import release_linking_modules
 from edgellm.kv_cache import KVCache
 from edgellm.models import ARCHITECTURES
 from edgellm.sampling import Sampler, SamplingParams
-from edgellm.system import peak_rss_mb, physical_cores, release_library_pages
+from edgellm.system import peak_rss_mb, physical_cores, release_library_pages, trim_heap
 from edgellm.tokenizer import Tokenizer
 
 
@@ -158,13 +159,15 @@ class LLM:
         self._compile_if_needed(0)
 
     def _compile_if_needed(self, token: int) -> None:
-        """Before the first pass: every kernel the passes run made ready, then the compiler's
-        pages given back (LLVM's code, ~68 MiB resident, serves nothing once the kernels are
-        loaded). On a fresh install (on_compile set, the kernels not in numba's cache) on_compile
-        is called and the kernels compile on warm-up passes, as llama.cpp warms up, so that the
-        pass a caller times does not include it; otherwise a dry run loads them from the cache
-        (~70 ms), before any weight is read, so that the compiler's pages and the model's are
-        never resident together."""
+        """Before the first pass: every kernel the passes run made ready, then what start-up
+        leaves resident and a run does not use given back: the shared libraries' pages (LLVM's
+        code, ~68 MiB, serves nothing once the kernels are loaded; the importers'; those a run
+        uses fault back), the kernels' LLVM linking modules and the heap's free pages. On a
+        fresh install (on_compile set, the kernels not in numba's cache) on_compile is called
+        and the kernels compile on warm-up passes, as llama.cpp warms up, so that the pass a
+        caller times does not include it; otherwise a dry run loads them from the cache (~70
+        ms), before any weight is read, so that the compiler's pages and the model's are never
+        resident together."""
         if self._kernels_ready:
             return
         notice, self.on_compile = self.on_compile, None
@@ -178,7 +181,9 @@ class LLM:
         self._kernels_ready = True
         self._warm_up(token, dry=not compiling)
         team.load_team_code()
-        release_library_pages("libllvmlite")
+        release_linking_modules()
+        release_library_pages()
+        trim_heap()
 
     def _warm_up(self, token: int, dry: bool) -> None:
         """A batch long enough for the prefill paths (the parallel element-wise loops start at

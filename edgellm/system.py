@@ -36,33 +36,65 @@ def physical_cores() -> int:
     return max(1, min(len(cores), len(allowed)) if cores else len(allowed))
 
 
+MADV_DONTNEED = 4  # drop these pages from this process (a file's come back from the page cache)
 MADV_PAGEOUT = 21  # Linux 5.4: reclaim these pages now (file pages come back from the file if touched)
 
 
-def release_library_pages(prefix: str) -> int:
-    """Ask Linux to reclaim this process's resident pages of the read-only mappings of the
-    shared libraries whose file names start with prefix (code and constants: clean pages, read
-    back from the file if touched again; writable ones are left alone). Returns the bytes of
-    the mappings advised; 0 where the system cannot (not Linux, before 5.4)."""
+def release_library_pages(prefix: str = "") -> int:
+    """Drop this process's resident pages of the read-only mappings of the shared libraries
+    (".so" files) whose file names start with prefix: code and constants, read back if touched
+    again. Start-up leaves many such pages resident that a run never touches again (LLVM's, the
+    importers', OpenSSL's for hashlib); those a run does use fault back on first touch. A
+    mapping holding only the file's pages is dropped from this process alone (MADV_DONTNEED: the
+    page cache keeps them, so a fault back or the next run's start reads no disk); one that
+    holds pages the loader wrote (relocated constants: dropping them would read the file's
+    unrelocated bytes back) is paged out instead (MADV_PAGEOUT keeps what was written). Writable
+    mappings are left alone. Returns the bytes of the mappings advised; 0 where the system
+    cannot (not Linux)."""
     import ctypes
 
     try:
-        with open("/proc/self/maps") as f:
-            maps = f.read().splitlines()
+        with open("/proc/self/smaps") as f:
+            smaps = f.read().splitlines()
         madvise = ctypes.CDLL(None, use_errno=True).madvise
     except (OSError, AttributeError):
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = 0
-    for line in maps:
-        fields = line.split()  # start-end perms offset dev inode [path]
-        if len(fields) < 6 or "w" in fields[1] or not os.path.basename(fields[5]).startswith(prefix):
-            continue
-        start, end = (int(v, 16) for v in fields[0].split("-"))
-        if madvise(start, end - start, MADV_PAGEOUT) != 0:
-            return advised  # EINVAL: a kernel without MADV_PAGEOUT
-        advised += end - start
+    for start, end, anonymous_kib in _library_mappings(smaps, prefix):
+        advice = MADV_DONTNEED if anonymous_kib == 0 else MADV_PAGEOUT
+        if madvise(start, end - start, advice) == 0:
+            advised += end - start
     return advised
+
+
+def _library_mappings(smaps: list[str], prefix: str):
+    """(start, end, Anonymous KiB) of each read-only mapping of a shared library named prefix*."""
+    mapping = None
+    for line in smaps:
+        fields = line.split()
+        if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # start-end perms offset dev inode [path]
+            name = os.path.basename(fields[5]) if len(fields) > 5 else ""
+            library = "w" not in fields[1] and name.startswith(prefix) and ".so" in name
+            mapping = [int(v, 16) for v in fields[0].split("-")] if library else None
+        elif mapping is not None and fields[0] == "Anonymous:":
+            yield mapping[0], mapping[1], int(fields[1])
+            mapping = None
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim): what start-up
+    freed inside the heap (LLVM's and the warm-up's temporaries) otherwise stays resident.
+    Returns False where there is no glibc."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def peak_rss_mb() -> float:

@@ -1,0 +1,51 @@
+"""What start-up leaves behind is handed back, and nothing that still runs loses anything."""
+
+import ctypes
+
+import numpy as np
+from numba import njit
+
+from edgellm.kernels import footprint
+from edgellm.kernels.norm import sum_squares
+from edgellm.system import trim_heap
+
+
+def test_a_released_kernel_still_links_into_a_new_compile():
+    """A kernel's LLVM module released, a function compiled afterwards that calls the kernel
+    links it in from the kept bitcode and computes the same."""
+    row = np.linspace(-1, 1, 640, dtype=np.float32)
+    expected = sum_squares(row)
+    library = next(iter(sum_squares.overloads.values())).library
+    assert footprint.release_linking_modules("edgellm.kernels.norm") >= 1
+    assert library._shared_module is None
+
+    @njit
+    def twice(x):
+        return 2 * sum_squares(x)
+
+    assert twice(row) == 2 * expected
+    assert library._shared_module is not None  # parsed back for that link
+    assert sum_squares(row) == expected
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_trim_heap_gives_back_the_free_pages_inside_the_heap():
+    """64 MiB of 1 KiB blocks freed below one that stays (so the heap's top cannot shrink by
+    itself): resident until trimmed."""
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(1024) for _ in range(64 << 10)]
+    for b in blocks:
+        ctypes.memset(b, 1, 1024)
+    keep = libc.malloc(1024)
+    for b in blocks:
+        libc.free(b)
+    before = _rss_kib()
+    assert trim_heap()
+    assert _rss_kib() < before - (32 << 10), (before, _rss_kib())
+    libc.free(keep)
