@@ -116,6 +116,20 @@ def test_f16_scales_cover_subnormals_infinities_and_signed_zero():
     assert np.array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
 
 
+def test_from_f16_widens_every_f16_of_a_strided_view_as_numpy_does():
+    """Every f16 bit pattern, in a KV-cache-like view (2 heads of a larger capacity): the widened
+    values are numpy's, bit for bit (NaN payloads included)."""
+    from edgellm.kernels.nn import from_f16
+
+    store = np.zeros((2, 300, 256), np.uint16)
+    store[:, :256] = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(2, 128, 256).repeat(2, axis=1)
+    view = store.view(np.float16)[:, :256]
+    assert not view.flags.c_contiguous
+    got = from_f16(view)
+    assert got.dtype == np.float32 and got.shape == view.shape
+    assert np.array_equal(got.view(np.uint32), view.astype(np.float32).view(np.uint32))
+
+
 @pytest.mark.parametrize("qtype", ALL_TYPES, ids=lambda t: t.name)
 def test_get_rows_is_indexing(tensors, qtype):
     data, n_cols = tensors[qtype]
