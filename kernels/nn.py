@@ -196,7 +196,7 @@ def _to_f16(x, out):
 
 
 @njit(cache=True, nogil=True)
-def _from_f16(bits, out):
+def _from_f16(bits, out):  # 16-bit loads: floats.dequantize_row_f16 joins bytes, 3.5x slower here
     for a in range(bits.shape[0]):
         for b in range(bits.shape[1]):
             for c in range(bits.shape[2]):
