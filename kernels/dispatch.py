@@ -1,7 +1,7 @@
 """Rows of a quantized weight: dequantize them, look them up, multiply by them.
 
 A weight is raw GGUF bytes, data: uint8 [rows, row_bytes], one row per output feature holding
-n_cols values in blocks (`gguf.GGML_QUANT_SIZES`: values and bytes per block). The block formats
+n_cols values in blocks (ggml_types.GGML_QUANT_SIZES: values and bytes per block). The block formats
 live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (decode), gemm.py
 (prefill) and sparse.py (2:4 weights); this file chooses between them and posts their jobs:
 
@@ -38,9 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from numba import njit, prange
 
+from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from .floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
 from .kquants import (
     QK_K, dequantize_block_q4_k, dequantize_block_q5_k, dequantize_block_q6_k,
@@ -592,7 +592,8 @@ def parallel_map(fn, items) -> None:
         with np.errstate(**errors):
             fn(item)
 
-    list(_pool(workers).map(under_callers_errstate, items))
+    with current_team().resting():  # its spinning workers would take the cores these threads need
+        list(_pool(workers).map(under_callers_errstate, items))
 
 
 _local = threading.local()

@@ -15,6 +15,8 @@ Protocol (ctl, an int64 array; each field on its own cache line):
                  posting thread waits until it equals N_ITEMS
     ctl[ASLEEP]  workers that went to sleep; the next post wakes them (Team.run)
     ctl[STOP]    1: workers return for good
+    ctl[REST]    1: workers go to sleep rather than spin (Team.resting: the caller's threads need
+                 the cores for work of their own meanwhile)
 A post writes the descriptor, DONE = 0, then LEFT = N_ITEMS (sequentially consistent): a thread
 that claims an item has seen the whole descriptor. A worker that ran items of a job and finds
 none left fetches desc[PF0:] (jobs.py: the byte ranges the next decode mat-vec will read) into
@@ -41,8 +43,8 @@ from numba import njit, types
 from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, prefetch
 from .jobs import DESC_SIZE, N_ITEMS, PF0, PF_RANGES, run_item
 
-LEFT, DONE, ASLEEP, STOP = 0, 8, 16, 24  # int64 offsets, 64 bytes apart
-CTL_SIZE = 32
+LEFT, DONE, ASLEEP, STOP, REST = 0, 8, 16, 24, 32  # int64 offsets, 64 bytes apart
+CTL_SIZE = 40
 IDLE_S = 0.004  # a worker spins this long without a job before it sleeps
 RETURN_STOP, RETURN_IDLE = 1, 0
 
@@ -72,7 +74,7 @@ def _prefetch_next(ctl, desc):
     for r in range(PF_RANGES):
         addr, nbytes = desc[PF0 + 2 * r], desc[PF0 + 2 * r + 1]
         for page in range(0, nbytes, 4096):
-            if atomic_load(ctl, LEFT) > 0:
+            if atomic_load(ctl, LEFT) > 0 or atomic_load(ctl, REST):
                 return
             for line in range(page, min(nbytes, page + 4096), 64):
                 prefetch(addr + line)
@@ -86,8 +88,8 @@ def serve(ctl, desc, post, idle_spins):
     post=True: post desc (filled in by the caller), work on it, return once every item is done,
     returning how many workers are asleep (the caller wakes them for the next job).
     post=False: a worker's life between two sleeps: run items while there are any, spin while
-    there are none, return RETURN_IDLE after idle_spins spins without work (counted in ASLEEP),
-    or RETURN_STOP."""
+    there are none, return RETURN_IDLE after idle_spins spins without work or once told to rest
+    (counted in ASLEEP), or RETURN_STOP."""
     if post:
         atomic_store(ctl, DONE, 0)
         atomic_store(ctl, LEFT, desc[N_ITEMS])
@@ -106,7 +108,7 @@ def serve(ctl, desc, post, idle_spins):
             return RETURN_STOP
         cpu_relax()
         spins += 1
-        if spins > idle_spins:
+        if spins > idle_spins or atomic_load(ctl, REST):
             atomic_add(ctl, ASLEEP, 1)
             return RETURN_IDLE
 
@@ -240,8 +242,25 @@ class Team:
             return
         if _compiler:
             wait_for_serve()
-        if serve(self.ctl, self.desc, True, 0):
+        if self.ctl[ASLEEP] > 0:  # they join this job part way rather than wait for the next
             self.wake()
+        if serve(self.ctl, self.desc, True, 0):  # any that fell asleep meanwhile: for the next
+            self.wake()
+
+    @contextlib.contextmanager
+    def resting(self):
+        """The workers sleep inside this block instead of spinning out IDLE_S: for work that
+        runs on other threads (prefill attention's BLAS calls on Python threads), which spinning
+        workers would share the cores with (a 128-query Gemma-3 attention right after a job:
+        5.0 ms, 2.7 with the team asleep). Leaving it wakes them, so that they are spinning
+        again by the next job rather than woken by it."""
+        self.ctl[REST] = 1
+        try:
+            yield
+        finally:
+            self.ctl[REST] = 0
+            if self.ctl[ASLEEP] > 0:
+                self.wake()
 
     def scratch(self, nbytes: int) -> np.ndarray:
         """A uint8 buffer of at least nbytes that jobs may fill with their temporaries (the

@@ -1,6 +1,6 @@
 """The decode thread team (kernels/team.py): every work item of a job runs exactly once whichever
-thread takes it, workers sleep when no job comes and the next job wakes them, and a closed team's
-threads end."""
+thread takes it, workers sleep when no job comes and the next job wakes them, they rest while the
+caller's own threads work, and a closed team's threads end."""
 
 from __future__ import annotations
 
@@ -71,6 +71,53 @@ def test_idle_workers_sleep_and_the_next_job_wakes_them():
             time.sleep(0.01)
     finally:
         t.close()
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
+def test_workers_rest_while_the_caller_works_on_other_threads_and_are_awake_after():
+    """Team.resting: the workers sleep at once, not after IDLE_S (here they would spin for
+    ever), and leaving the block wakes them before any job does."""
+    data, w = _weights()
+    x = np.random.default_rng(3).standard_normal((1, 256)).astype(np.float32)
+    t = team.Team(3)
+    try:
+        _wait_for(lambda: t.ctl[team.ASLEEP] == 2, "the workers never went to sleep")  # after IDLE_S
+        t.idle_spins = 1 << 60  # once woken by the job below, no worker sleeps of its own accord
+        _run_matvec(t, data, x)
+        _wait_for(lambda: t.ctl[team.ASLEEP] == 0, "the job did not wake the workers")
+        with t.resting():
+            _wait_for(lambda: t.ctl[team.ASLEEP] == 2, "the workers kept spinning")
+        _wait_for(lambda: t.ctl[team.ASLEEP] == 0, "leaving the block did not wake the workers")
+        np.testing.assert_allclose(_run_matvec(t, data, x), _expected(w, x), rtol=1e-5, atol=1e-4)
+    finally:
+        t.close()
+
+
+def test_the_prefill_pool_runs_while_the_team_rests():
+    """parallel_map's threads (BLAS attention) get the cores: the team's workers sleep meanwhile."""
+    numba_threads = dispatch.numba.get_num_threads()
+    dispatch.set_num_threads(2)
+    t = dispatch.current_team()
+    spins = t.idle_spins
+    try:
+        _wait_for(lambda: t.ctl[team.ASLEEP] == 1, "the worker never went to sleep")  # after IDLE_S
+        t.idle_spins = 1 << 60  # once woken by the job below, it sleeps only when told to
+        _run_matvec(t, *_weights()[:1], np.ones((1, 256), np.float32))
+        _wait_for(lambda: t.ctl[team.ASLEEP] == 0, "the job did not wake the worker")
+        seen = []
+        dispatch.parallel_map(lambda i: seen.append(_wait_for(lambda: t.ctl[team.ASLEEP] == 1,
+                                                              "the worker spun beside the pool")), range(2))
+        assert len(seen) == 2
+    finally:
+        t.idle_spins = spins  # woken at the end of parallel_map, it sleeps after IDLE_S again
+        _run_matvec(t, *_weights()[:1], np.ones((1, 256), np.float32))
+        dispatch.set_num_threads(numba_threads)
 
 
 def test_a_closed_team_ends_its_threads():
