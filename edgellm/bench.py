@@ -16,6 +16,7 @@ bandwidth of this machine measured with the same thread count.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -221,11 +222,10 @@ def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cp
     n_ctx = n_prompt + n_gen + 8
     say = progress or (lambda msg: None)
 
-    if vs_llama_cpp:
-        try:
-            import llama_cpp  # noqa: F401  (the child process needs it)
-        except ImportError:
-            raise EdgeLLMError("--vs-llama-cpp needs llama-cpp-python: pip install 'edgellm[bench]'") from None
+    # Looked up, not imported: the child process needs it, and importing it here would add its
+    # module and libraries (~8 MiB) to this process's peak RSS, which is edgellm's figure.
+    if vs_llama_cpp and importlib.util.find_spec("llama_cpp") is None:
+        raise EdgeLLMError("--vs-llama-cpp needs llama-cpp-python: pip install 'edgellm[bench]'")
     engines = [EdgeEngine(model_path, threads, n_ctx, kv_type)]
     engines[0].llm.on_compile = lambda: say("compiling kernels (first run only)...")
     if vs_llama_cpp:

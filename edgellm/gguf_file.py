@@ -7,8 +7,8 @@ The format (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
     n_tensors x (name: str, n_dims: u32, ne: u64[n_dims], ggml_type: u32, offset: u64)
     padding to `general.alignment` (32), then the tensor data; a tensor's offset is relative to it.
 
-Constants (value types, ggml types and their block sizes) come from the `gguf` package. We parse
-the header ourselves rather than through `gguf.GGUFReader` because that reader builds a Python
+The ggml types and their block sizes are kernels/ggml_types.py's (the gguf package's values;
+loading a model does not import that package). We parse the header ourselves rather than through `gguf.GGUFReader` because that reader builds a Python
 object per array element: it takes ~20 s to open a file with a 262k-token vocabulary, this takes
 ~0.2 s. A model file is untrusted input, so every count, length and offset is checked against the
 bytes that remain before anything is sliced or allocated.
@@ -21,18 +21,36 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from numba import njit
 
 from edgellm.errors import EdgeLLMError
+from edgellm.kernels.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME = 64  # GGML_MAX_NAME, including the terminating zero in C
 DEFAULT_ALIGNMENT = 32
+
+
+class GGUFValueType(IntEnum):
+    """A metadata value's type (gguf.GGUFValueType's values)."""
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
 
 # Fixed-size scalar value types: (struct format, numpy dtype).
 _SCALARS = {

@@ -19,14 +19,22 @@ position change so that they read as if computed at their new positions.
 from __future__ import annotations
 
 import numpy as np
-from gguf import GGMLQuantizationType, quants
 
 from edgellm.errors import EdgeLLMError
 from edgellm.kernels import dequantize
+from edgellm.kernels.ggml_types import GGMLQuantizationType
 from edgellm.kernels.nn import apply_rope, rope_tables, to_f16
 
 KV_TYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK, Q8_0_BYTES = 32, 34  # values per block, bytes per block (f16 scale + 32 int8)
+
+
+def _quantize_q8_0(rows: np.ndarray) -> np.ndarray:
+    """float32 [n, dim] -> q8_0 blocks, uint8 [n, dim / 32 * 34]: ggml's reference quantizer
+    (gguf.quants; imported here, so that a run with another cache type never loads the package)."""
+    from gguf import quants
+
+    return quants.quantize(rows, GGMLQuantizationType.Q8_0)
 
 
 class KVStore:
@@ -45,7 +53,7 @@ class KVStore:
         """x float32 [n_kv, len(slots), dim] into those slots."""
         if self.kv_type == "q8_0":
             n_kv, m, _ = x.shape
-            x = quants.quantize(x.reshape(n_kv * m, self.dim), GGMLQuantizationType.Q8_0).reshape(n_kv, m, -1)
+            x = _quantize_q8_0(x.reshape(n_kv * m, self.dim)).reshape(n_kv, m, -1)
         elif self.kv_type == "f16":
             x = to_f16(x)
         self.data[:, slots] = x
@@ -77,7 +85,7 @@ class KVStore:
         if self.kv_type == "f16":
             return to_f16(x)
         n_kv, m, _ = x.shape
-        rows = quants.quantize(x.reshape(n_kv * m, self.dim), GGMLQuantizationType.Q8_0)
+        rows = _quantize_q8_0(x.reshape(n_kv * m, self.dim))
         return to_f16(dequantize(rows, GGMLQuantizationType.Q8_0, self.dim).reshape(n_kv, m, self.dim))
 
     @property

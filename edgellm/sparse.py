@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from gguf import GGMLQuantizationType as Q
 
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile, StringArray
 from edgellm.kernels import sparse as kernels
 from edgellm.kernels.dispatch import SparseWeightGroup
+from edgellm.kernels.ggml_types import GGMLQuantizationType as Q
 
 PREFIX = "edgellm.sparsity."
 VALUE_TYPES = {"q4_0": Q.Q4_0, "q8_0": Q.Q8_0}

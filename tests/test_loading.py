@@ -36,6 +36,36 @@ def test_rss_after_load_is_about_the_file_size(model_path):
     assert rss < size + 200 * 2**20, (rss / 2**20, size / 2**20)
 
 
+def test_the_runtimes_type_tables_are_the_gguf_packages():
+    """kernels/ggml_types.py and gguf_file.GGUFValueType copy the gguf package's values (so
+    that a model loads without importing it): the same name for the same id, the same block
+    sizes, and no id gguf knows missing below the highest one here."""
+    import gguf
+
+    from edgellm.gguf_file import GGUFValueType
+    from edgellm.kernels.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for ours, theirs in ((GGMLQuantizationType, gguf.GGMLQuantizationType), (GGUFValueType, gguf.GGUFValueType)):
+        common = [t for t in ours if t.name in theirs.__members__]
+        assert len(common) >= len(ours) - 2, "gguf is older than the table"  # newest types only
+        for t in common:
+            assert int(theirs[t.name]) == int(t), t.name
+        top = max(int(t) for t in ours)
+        assert {int(t) for t in theirs if int(t) <= top} <= {int(t) for t in ours}
+    for t in GGMLQuantizationType:
+        assert t in GGML_QUANT_SIZES, t.name
+        if t.name in gguf.GGMLQuantizationType.__members__:
+            assert GGML_QUANT_SIZES[t] == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[t.name]], t.name
+
+
+def test_loading_and_running_a_model_imports_no_gguf_package(model_path):
+    """The gguf package's modules cost the serving process 3.5 MiB; the runtime needs none."""
+    code = ("import sys, edgellm; llm = edgellm.load(ctx=64); print(''.join(llm.generate('Hi', max_tokens=2)));"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'gguf', 'llama_cpp'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout
+
+
 _AFTER_THE_RELEASE = """
 import sys
 import edgellm, edgellm.llm
