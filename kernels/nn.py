@@ -270,35 +270,89 @@ def attention(
     return out.reshape(n, n_head * hd_v)
 
 
+SOFTMAX_ROWS = 8  # rows whose maxima and sums run side by side (8 scalars in registers)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _softmax_rows(scores, q_pos, k_pos, scale, window, group, half):
     """In place: each row of scores [len(q_pos) * group, m] (row i: query i // group against the
     keys at k_pos) becomes softmax(scale * row) over the keys that query sees, rounded to f16
-    if half."""
-    for i in range(scores.shape[0]):
-        p = q_pos[i // group]
+    if half.
+
+    A row's sum runs in key order (float32, as it always has: the same bits), a chain of
+    dependent adds, 3-4 cycles apiece, and its max is such a chain too; so SOFTMAX_ROWS rows at
+    a time keep their maxima and sums in that many scalars and take one key of each in turn,
+    their chains overlapping (a 256 x 512 block's sums 0.095 -> 0.019 ms; accumulators in an
+    array stay at 0.093: each add waits on the store of the last). The element-wise steps
+    vectorize per row."""
+    n_rows, m = scores.shape
+    i0 = 0
+    while i0 + SOFTMAX_ROWS <= n_rows:
+        for r in range(SOFTMAX_ROWS):
+            _mask_and_scale(scores[i0 + r], q_pos[(i0 + r) // group], k_pos, scale, window)
+        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = np.float32(-np.inf)
+        for s in range(m):
+            b0 = max(b0, scores[i0, s])
+            b1 = max(b1, scores[i0 + 1, s])
+            b2 = max(b2, scores[i0 + 2, s])
+            b3 = max(b3, scores[i0 + 3, s])
+            b4 = max(b4, scores[i0 + 4, s])
+            b5 = max(b5, scores[i0 + 5, s])
+            b6 = max(b6, scores[i0 + 6, s])
+            b7 = max(b7, scores[i0 + 7, s])
+        for r, best in enumerate((b0, b1, b2, b3, b4, b5, b6, b7)):
+            _exp_below(scores[i0 + r], best)
+        t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0.0)
+        for s in range(m):
+            t0 += scores[i0, s]
+            t1 += scores[i0 + 1, s]
+            t2 += scores[i0 + 2, s]
+            t3 += scores[i0 + 3, s]
+            t4 += scores[i0 + 4, s]
+            t5 += scores[i0 + 5, s]
+            t6 += scores[i0 + 6, s]
+            t7 += scores[i0 + 7, s]
+        for r, total in enumerate((t0, t1, t2, t3, t4, t5, t6, t7)):
+            _divide(scores[i0 + r], total, half)
+        i0 += SOFTMAX_ROWS
+    for i in range(i0, n_rows):  # the last rows, one at a time
         row = scores[i]
-        best = -np.inf
-        for s in range(row.shape[0]):
-            ps = k_pos[s]
-            if ps < 0 or ps > p or (window > 0 and p - ps >= window):
-                row[s] = -np.inf
-            else:
-                row[s] *= scale
-                best = max(best, row[s])
-        for s in range(row.shape[0]):
-            row[s] -= best
-        exp_inplace(row)  # e^-inf and anything far below the max: 0
+        _mask_and_scale(row, q_pos[i // group], k_pos, scale, window)
+        best = np.float32(-np.inf)
+        for s in range(m):
+            best = max(best, row[s])
+        _exp_below(row, best)
         total = np.float32(0.0)
-        for s in range(row.shape[0]):
+        for s in range(m):
             total += row[s]
-        inv = np.float32(1.0) / total
-        if half:
-            for s in range(row.shape[0]):
-                row[s] = round_f16(row[s] * inv)
-        else:
-            for s in range(row.shape[0]):
-                row[s] *= inv
+        _divide(row, total, half)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mask_and_scale(row, p, k_pos, scale, window):
+    """row[s] = scale * row[s] where the query at p sees the key at k_pos[s], else -inf."""
+    for s in range(row.shape[0]):
+        ps = k_pos[s]
+        seen = ps >= 0 and ps <= p and (window <= 0 or p - ps < window)
+        row[s] = row[s] * scale if seen else -np.inf
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _exp_below(row, best):
+    for s in range(row.shape[0]):
+        row[s] -= best
+    exp_inplace(row)  # e^-inf and anything far below the max: 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _divide(row, total, half):
+    inv = np.float32(1.0) / total
+    if half:
+        for s in range(row.shape[0]):
+            row[s] = round_f16(row[s] * inv)
+    else:
+        for s in range(row.shape[0]):
+            row[s] *= inv
 
 
 def _attention_few(q, k, v, q_pos, k_pos, scale, window, half) -> np.ndarray:

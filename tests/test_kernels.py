@@ -16,6 +16,7 @@ import tracemalloc
 from pathlib import Path
 
 import gguf
+import numba
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
@@ -23,6 +24,7 @@ from x86_asm import zmm_work
 
 import edgellm.kernels as kernels
 from edgellm.kernels import SUPPORTED_TYPES, dequantize, get_rows, matmul
+from edgellm.kernels.simd import exp_inplace, round_f16
 
 ALL_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
 
@@ -451,6 +453,56 @@ def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head
     many_pos = np.concatenate([q_pos] * (FEW_QUERIES // n + 1))
     blocked = attention(many, k, v, many_pos, k_pos, 0.25, window)[:n]
     np.testing.assert_allclose(got, blocked, **tol)
+
+
+@numba.njit(error_model="numpy")
+def _softmax_row_by_row(scores, q_pos, k_pos, scale, window, group, half):
+    """The prefill softmax one row at a time, each row's max and key-order float32 sum a
+    single chain (what nn._softmax_rows computed before it ran rows side by side)."""
+    for i in range(scores.shape[0]):
+        p = q_pos[i // group]
+        row = scores[i]
+        best = -np.inf
+        for s in range(row.shape[0]):
+            ps = k_pos[s]
+            if ps < 0 or ps > p or (window > 0 and p - ps >= window):
+                row[s] = -np.inf
+            else:
+                row[s] *= scale
+                best = max(best, row[s])
+        for s in range(row.shape[0]):
+            row[s] -= best
+        exp_inplace(row)
+        total = np.float32(0.0)
+        for s in range(row.shape[0]):
+            total += row[s]
+        inv = np.float32(1.0) / total
+        for s in range(row.shape[0]):
+            row[s] = round_f16(row[s] * inv) if half else row[s] * inv
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["f32", "f16"])
+@pytest.mark.parametrize("window", [0, 5])
+def test_the_prefill_softmax_keeps_each_rows_bits_with_rows_side_by_side(window, half):
+    """nn._softmax_rows sums SOFTMAX_ROWS rows side by side, each still in key order: bit for bit
+    the row-at-a-time loop, over a row count that leaves a ragged group, keys in ring order with
+    empty slots, a window, and a query that sees no key (its row: NaN in both)."""
+    from edgellm.kernels.nn import SOFTMAX_ROWS, _softmax_rows
+
+    rng = np.random.default_rng(window + half)
+    group, m = 4, 700
+    q_pos = np.sort(rng.integers(0, m, 13)).astype(np.int64)
+    q_pos[0] = -5  # sees nothing
+    k_pos = np.roll(np.arange(m, dtype=np.int64), 9)
+    k_pos[[3, 50]] = -1
+    scores = (rng.standard_normal((len(q_pos) * group, m)) * 30).astype(np.float32)
+    assert scores.shape[0] % SOFTMAX_ROWS
+    got, want = scores.copy(), scores.copy()
+    _softmax_rows(got, q_pos, k_pos, np.float32(0.0625), window, group, half)
+    _softmax_row_by_row(want, q_pos, k_pos, np.float32(0.0625), window, group, half)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.isnan(got[:group]).all()
+    np.testing.assert_allclose(got[group:].sum(axis=1), 1.0, rtol=2e-3 if half else 1e-5)
 
 
 def test_gelu_mul_is_ggmls_f16_table_and_the_team_job_matches_the_serial_loop():
