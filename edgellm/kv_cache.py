@@ -129,14 +129,19 @@ class LayerKVCache:
         (keys and values as KVStore.view gives them).
 
         Writing first is safe when no new entry evicts one that a query of this batch still sees:
-        always for full layers (the engine never exceeds the context) and for a window layer when
-        the batch is one token. A longer batch on a window layer attends to the old entries plus
-        the whole batch, then keeps the newest `capacity` of them.
+        always for full layers (the engine never exceeds the context), for a window layer when
+        the batch is one token, and for any batch that ends before the ring's first wrap (its
+        slots are empty). Once slot == position for every entry (a full layer; a window layer
+        before the wrap: earlier entries are at lower positions still), a batch attends to the
+        used prefix of the cache itself, keys in position order. A longer batch on a window layer
+        past the wrap attends to the old entries plus the whole batch, then keeps the newest
+        `capacity` of them.
         """
         n = len(positions)
-        if self.window == 0 or n == 1:
+        prefix = self.window == 0 or (n > 1 and int(positions[-1]) < self.capacity)
+        if prefix or n == 1:
             self._store(k, v, positions)
-            if self.window == 0:  # slot == position: attend only to the used prefix
+            if prefix:  # slot == position: attend only to the used prefix
                 used = int(positions[-1]) + 1
                 return self.k.view(slice(0, used)), self.v.view(slice(0, used)), self.pos[:used]
             return self.k.view(), self.v.view(), self.pos

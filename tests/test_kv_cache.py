@@ -77,6 +77,29 @@ def test_window_layers_keep_only_their_window(tmp_path):
     assert held == list(range(24, 30))  # the last 6 positions
 
 
+def test_a_window_layer_attends_to_its_own_slots_until_the_ring_wraps():
+    """Before its first wrap a window layer holds position p in slot p, like a full layer: a
+    batch attends to the cache's used prefix itself (no copy of the old entries plus the batch),
+    the same keys in the same order; the batch that wraps the ring still gets old + batch."""
+    from edgellm.kv_cache import LayerKVCache
+
+    rng = np.random.default_rng(4)
+    layer = LayerKVCache(1, 8, 8, capacity=10, window=6, kv_type="f16")
+    batches = [np.arange(0, 4), np.arange(4, 10), np.arange(10, 13)]
+    k_all = rng.standard_normal((13, 1, 8)).astype(np.float32)
+    v_all = rng.standard_normal((13, 1, 8)).astype(np.float32)
+    for positions in batches:
+        old = np.flatnonzero(layer.pos >= 0)
+        k, v = k_all[positions], v_all[positions]
+        want_k = np.concatenate([layer.k.view(old), layer.k.as_stored(k.transpose(1, 0, 2))], axis=1)
+        want_pos = np.concatenate([layer.pos[old], positions])
+        keys, values, key_pos = layer.update(k, v, positions)
+        np.testing.assert_array_equal(keys, want_k)
+        np.testing.assert_array_equal(key_pos, want_pos)
+        np.testing.assert_array_equal(values[:, -len(positions):], layer.v.as_stored(v.transpose(1, 0, 2)))
+        assert np.shares_memory(keys, layer.k.data) == (positions[-1] < layer.capacity)
+
+
 def test_context_overflow_is_an_error(tmp_path):
     llm = edgellm.load(write_tiny_model(tmp_path / "l.gguf"), ctx=8)
     with pytest.raises(edgellm.errors.EdgeLLMError, match="context"):
