@@ -270,7 +270,7 @@ def attention(
     return out.reshape(n, n_head * hd_v)
 
 
-SOFTMAX_ROWS = 8  # rows whose maxima and sums run side by side (8 scalars in registers)
+SOFTMAX_ROWS = 8  # rows whose maxima and sums run side by side (b0..b7, t0..t7 below)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -339,6 +339,7 @@ def _mask_and_scale(row, p, k_pos, scale, window):
 
 @njit(cache=True, nogil=True, inline="always")
 def _exp_below(row, best):
+    """row[s] = e^(row[s] - best)."""
     for s in range(row.shape[0]):
         row[s] -= best
     exp_inplace(row)  # e^-inf and anything far below the max: 0
@@ -346,6 +347,7 @@ def _exp_below(row, best):
 
 @njit(cache=True, nogil=True, inline="always")
 def _divide(row, total, half):
+    """row /= total (as row * (1 / total)), rounded to f16 if half."""
     inv = np.float32(1.0) / total
     if half:
         for s in range(row.shape[0]):
