@@ -327,14 +327,19 @@ class WeightGroup:
         if key not in self._per_n:  # what a call with n rows of x takes that does not change
             self._per_n[key] = (_scratch_bytes(kind, n, self.n_cols, norm is not None), np.empty((n, 0), np.float32))
         scratch_bytes, no_out = self._per_n[key]
+        quantized = kind == jobs.GEMM  # many rows of x: quantized by the team, in a job before
         ys = []
-        for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
-            outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (no_out,) * pad
-            with t.lock:
-                _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads, t.scratch(scratch_bytes),
-                              self.k_blocks, norm_w, eps)
+        with t.lock:
+            scratch = t.scratch(scratch_bytes)
+            if quantized:
+                _fill_quantize_x(t.desc, x, norm_w, eps, scratch)
                 t.run(hint)
-            ys += outs_part[: len(part)]
+            for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
+                outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (no_out,) * pad
+                _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads, scratch,
+                              self.k_blocks, norm_w, eps, quantized)
+                t.run(hint)
+                ys += outs_part[: len(part)]
         return ys
 
 
@@ -414,23 +419,53 @@ def _scratch_bytes(kind: int, n: int, n_cols: int, normed: bool = False) -> int:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _x_scales(scratch, kind, n, n_cols):
+    """The quantized x's float parts in scratch (_scratch_layout): xd, xs32, xs16."""
+    codes, floats = _scratch_layout(kind, n, n_cols)
+    xd = scratch[codes : codes + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
+    xs32 = scratch[codes + floats : codes + floats + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
+    xs16 = scratch[codes + 2 * floats : codes + 2 * floats + 4 * n * (n_cols // 16)].view(np.float32).reshape(n, n_cols // 16)
+    return xd, xs32, xs16
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _x_addresses(desc, x, scratch, kind):
+    """The addresses of x and of its quantized parts in scratch, in desc's MV_ fields."""
+    xd, xs32, xs16 = _x_scales(scratch, kind, x.shape[0], x.shape[1])
+    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, scratch.ctypes.data, xd.ctypes.data
+    desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _quantize_into_scratch(x, scratch, kind, desc, k_blocks):
     """x quantized into scratch (16-bit codes for jobs.GEMM, else 8-bit: Q8_K blocks with
     k_blocks, Q8_0 ones without) and the addresses of codes, xd, xs32, xs16 in desc's MV_
     fields."""
     n, n_cols = x.shape
-    codes, floats = _scratch_layout(kind, n, n_cols)
-    xd = scratch[codes : codes + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
-    xs32 = scratch[codes + floats : codes + floats + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
-    xs16 = scratch[codes + 2 * floats : codes + 2 * floats + 4 * n * (n_cols // 16)].view(np.float32).reshape(n, n_cols // 16)
+    xd, xs32, xs16 = _x_scales(scratch, kind, n, n_cols)
     if kind == jobs.GEMM:
         quantize_into_16(x, scratch[: 2 * n * n_cols].view(np.int16).reshape(n, n_cols), xd, xs32, xs16)
     elif k_blocks:
         quantize_into_8k(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
     else:
         quantize_into_8(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
-    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, scratch.ctypes.data, xd.ctypes.data
-    desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
+    _x_addresses(desc, x, scratch, kind)
+
+
+@njit(cache=True, nogil=True)
+def _fill_quantize_x(desc, x, norm, eps, scratch):
+    """desc := the jobs.QUANTIZE_X job that puts x (rms-normed first if norm, its weight, is not
+    empty) into scratch as _normed_into_scratch does for jobs.GEMM, rows shared by the team."""
+    n, n_cols = x.shape
+    codes, floats = _scratch_layout(jobs.GEMM, n, n_cols)
+    xd, xs32, xs16 = _x_scales(scratch, jobs.GEMM, n, n_cols)
+    desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.QUANTIZE_X, -(-n // jobs.QX_ROWS)
+    desc[jobs.QX_N], desc[jobs.QX_COLS], desc[jobs.QX_X] = n, n_cols, x.ctypes.data
+    desc[jobs.QX_NORM] = norm.ctypes.data if norm.shape[0] else 0
+    desc[jobs.QX_EPS:jobs.QX_EPS + 1].view(np.float64)[0] = eps
+    desc[jobs.QX_XN] = scratch.ctypes.data + codes + 3 * floats
+    desc[jobs.QX_XQ], desc[jobs.QX_XD] = scratch.ctypes.data, xd.ctypes.data
+    desc[jobs.QX_XS32], desc[jobs.QX_XS16] = xs32.ctypes.data, xs16.ctypes.data
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -458,12 +493,16 @@ def _item_rows(gemm, rows, row_bytes, n_threads):
 
 
 @njit(cache=True, nogil=True)
-def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks, norm, eps):
+def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks, norm, eps, quantized):
     """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
     rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes); x
-    rms-normed first if norm (its weight) is not empty."""
+    rms-normed first if norm (its weight) is not empty. quantized: scratch holds x's codes
+    already (the QUANTIZE_X job: _fill_quantize_x)."""
     n, n_cols = x.shape
-    _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks)
+    if quantized:
+        _x_addresses(desc, x, scratch, kind)
+    else:
+        _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
     desc[jobs.MV_F16] = f16.ctypes.data

@@ -29,6 +29,10 @@ SPARSE, outs[w] = x @ W_w.T for a few x rows and up to GROUP 2:4 weights in the 
 
 GELU_MUL, out = gelu(g) * u over a prefill's FFN activations (gelu.py): items are runs of
 GELU_ITEM values.
+
+QUANTIZE_X, a prefill's x in the GEMM's 16-bit codes (matvec.quantize_into_16), RMS-normed
+first if a norm weight is given (norm.rms_norm_rows): items are runs of QX_ROWS rows of x. The
+GEMM job that reads them is posted after it.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from .atomics import address_as_pointer
 from .attend import attend_scores, attend_values
 from .gelu import gelu_mul_range
 from .gemm import gemm_rows
-from .matvec import matvec_rows
+from .matvec import matvec_rows, quantize_into_16
+from .norm import rms_norm_rows
 from .sparse import gemm_sparse_rows, sparse_rows
 
 KIND, N_ITEMS = 0, 1
-MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM, GELU_MUL, ATTEND_V = 1, 2, 3, 4, 5, 6, 7
+MATVEC, ATTEND, GEMM, SPARSE, SPARSE_GEMM, GELU_MUL, ATTEND_V, QUANTIZE_X = 1, 2, 3, 4, 5, 6, 7, 8
 
 # MATVEC and GEMM fields (GEMM does not read MV_X)
 MV_N, MV_COLS, MV_X, MV_XQ, MV_XD, MV_XS32, MV_XS16, MV_F16, MV_WEIGHTS = range(2, 11)
@@ -77,6 +82,12 @@ SW_INDEX, SW_SCALES = W_TYPE, 7
 # GELU_MUL fields: N values of g, u, out (float32, contiguous); TABLE: gelu.gelu_table()
 GE_N, GE_G, GE_U, GE_OUT, GE_TABLE = range(2, 7)
 GELU_ITEM = 16 << 10  # values per item: 64 KB of each array
+
+# QUANTIZE_X fields: x float32 [N, COLS]; NORM: its norm weight float32 [COLS] or 0 for none, EPS
+# (a float64's bits) and XN float32 [N, COLS], where the normed x goes; the codes XQ int16
+# [N, COLS] and XD, XS32 float32 [N, COLS / 32], XS16 float32 [N, COLS / 16].
+QX_N, QX_COLS, QX_X, QX_NORM, QX_EPS, QX_XN, QX_XQ, QX_XD, QX_XS32, QX_XS16 = range(2, 12)
+QX_ROWS = 8
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -165,6 +176,21 @@ def gelu_item(desc, item):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def quantize_item(desc, item):
+    n, n_cols = desc[QX_N], desc[QX_COLS]
+    r0, r1 = item * QX_ROWS, min(n, (item + 1) * QX_ROWS)
+    x = _f32(desc[QX_X], (n, n_cols))[r0:r1]
+    if desc[QX_NORM]:
+        xn = _f32(desc[QX_XN], (n, n_cols))[r0:r1]
+        eps = np.float32(desc[QX_EPS:QX_EPS + 1].view(np.float64)[0])
+        rms_norm_rows(x, _f32(desc[QX_NORM], (n_cols,)), eps, xn)
+        x = xn
+    quantize_into_16(x, carray(address_as_pointer(desc[QX_XQ], np.int16), (n, n_cols))[r0:r1],
+                     _f32(desc[QX_XD], (n, n_cols // 32))[r0:r1], _f32(desc[QX_XS32], (n, n_cols // 32))[r0:r1],
+                     _f32(desc[QX_XS16], (n, n_cols // 16))[r0:r1])
+
+
+@njit(cache=True, nogil=True, inline="always")
 def run_item(desc, item):
     if desc[KIND] == MATVEC or desc[KIND] == GEMM:
         weights_item(desc, item)
@@ -174,3 +200,5 @@ def run_item(desc, item):
         sparse_item(desc, item)
     elif desc[KIND] == GELU_MUL:
         gelu_item(desc, item)
+    elif desc[KIND] == QUANTIZE_X:
+        quantize_item(desc, item)

@@ -251,10 +251,11 @@ def test_matmul_group_equals_one_matmul_per_weight(tensors):
         np.testing.assert_array_equal(got, matmul(x, w.data, w.ggml_type, 640))
 
 
-@pytest.mark.parametrize("n", [1, 64])
+@pytest.mark.parametrize("n", [1, 64, 61])
 def test_a_norm_fused_into_the_matmul_gives_the_norm_then_the_matmul_bit_for_bit(tensors, n):
-    """Decode (mat-vec) and prefill (GEMM): the norm made where x is quantized; a row width the
-    kernels do not take (BLAS) normalizes first."""
+    """Decode (mat-vec) and prefill (GEMM, x quantized by a team job of QX_ROWS-row items: 61
+    rows leave a short last one): the norm made where x is quantized; a row width the kernels do
+    not take (BLAS) normalizes first."""
     from edgellm.kernels.nn import rms_norm
 
     rng = np.random.default_rng(n)

@@ -31,7 +31,7 @@ def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray, prefetch=None) ->
                                dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
                                                np.empty((x.shape[0], 0), np.float32)),
                                t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)), False,
-                               dispatch._NO_NORM, np.float32(0))
+                               dispatch._NO_NORM, np.float32(0), False)
         t.run(prefetch)
     return out
 
