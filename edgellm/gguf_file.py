@@ -8,9 +8,9 @@ The format (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
     padding to `general.alignment` (32), then the tensor data; a tensor's offset is relative to it.
 
 The ggml types and their block sizes are kernels/ggml_types.py's (the gguf package's values;
-loading a model does not import that package). We parse the header ourselves rather than through `gguf.GGUFReader` because that reader builds a Python
-object per array element: it takes ~20 s to open a file with a 262k-token vocabulary, this takes
-~0.2 s. A model file is untrusted input, so every count, length and offset is checked against the
+loading a model does not import that package). We parse the header ourselves rather than
+through `gguf.GGUFReader` because that reader builds a Python object per array element: it
+takes ~20 s to open a file with a 262k-token vocabulary, this takes ~0.2 s. A model file is untrusted input, so every count, length and offset is checked against the
 bytes that remain before anything is sliced or allocated.
 """
 

@@ -411,11 +411,17 @@ def _scratch_layout(kind, n, n_cols):
     return codes, floats
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _normed_at(kind, n, n_cols):
+    """Where in scratch the normalized x goes: right after the quantized x's parts."""
+    codes, floats = _scratch_layout(kind, n, n_cols)
+    return codes + 3 * floats
+
+
 def _scratch_bytes(kind: int, n: int, n_cols: int, normed: bool = False) -> int:
     """Bytes _fill_weights and _fill_sparse need for the quantized x (and normed: the normalized
     x, after it)."""
-    codes, floats = _scratch_layout(kind, n, n_cols)
-    return codes + 3 * floats + (4 * n * n_cols if normed else 0)
+    return _normed_at(kind, n, n_cols) + (4 * n * n_cols if normed else 0)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -457,13 +463,12 @@ def _fill_quantize_x(desc, x, norm, eps, scratch):
     """desc := the jobs.QUANTIZE_X job that puts x (rms-normed first if norm, its weight, is not
     empty) into scratch as _normed_into_scratch does for jobs.GEMM, rows shared by the team."""
     n, n_cols = x.shape
-    codes, floats = _scratch_layout(jobs.GEMM, n, n_cols)
     xd, xs32, xs16 = _x_scales(scratch, jobs.GEMM, n, n_cols)
     desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.QUANTIZE_X, -(-n // jobs.QX_ROWS)
     desc[jobs.QX_N], desc[jobs.QX_COLS], desc[jobs.QX_X] = n, n_cols, x.ctypes.data
     desc[jobs.QX_NORM] = norm.ctypes.data if norm.shape[0] else 0
     desc[jobs.QX_EPS:jobs.QX_EPS + 1].view(np.float64)[0] = eps
-    desc[jobs.QX_XN] = scratch.ctypes.data + codes + 3 * floats
+    desc[jobs.QX_XN] = scratch.ctypes.data + _normed_at(jobs.GEMM, n, n_cols)
     desc[jobs.QX_XQ], desc[jobs.QX_XD] = scratch.ctypes.data, xd.ctypes.data
     desc[jobs.QX_XS32], desc[jobs.QX_XS16] = xs32.ctypes.data, xs16.ctypes.data
 
@@ -476,8 +481,7 @@ def _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks):
         _quantize_into_scratch(x, scratch, kind, desc, k_blocks)
         return
     n, n_cols = x.shape
-    codes, floats = _scratch_layout(kind, n, n_cols)
-    at = codes + 3 * floats
+    at = _normed_at(kind, n, n_cols)
     xn = scratch[at : at + 4 * n * n_cols].view(np.float32).reshape(n, n_cols)
     rms_norm_rows(x, norm, eps, xn)
     _quantize_into_scratch(xn, scratch, kind, desc, k_blocks)
