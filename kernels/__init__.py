@@ -22,6 +22,12 @@ import os
 # reads it; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from .footprint import lean_cache_loads  # noqa: E402
+
+# Before any kernel loads (the first is the GGUF reader's): a cached kernel loads without numba's
+# whole lowering context, 8 MiB of a run's peak memory (footprint.py).
+lean_cache_loads()
+
 from .dispatch import (  # noqa: E402
     SUPPORTED_TYPES, Weight, WeightGroup, dequantize, get_rows, matmul, matmul_group, set_num_threads,
 )

@@ -1,14 +1,24 @@
-"""What numba keeps of the loaded kernels that a run does not use, handed back.
+"""What numba would hold for a compile that a run from the disk cache never makes, not taken.
 
-numba holds, beside each kernel's machine code, the kernel's LLVM module (parsed from the disk
-cache's bitcode when the kernel loads) so that a later compile of a function that calls it can
-link it in. Once the warm-up has loaded every kernel nothing compiles, and those modules are
+Loading a kernel from numba's disk cache: numba first refreshes its whole lowering context
+(imports 60 modules of implementations, numpy's functions, random, linalg, typed containers, and
+registers them: ~14 MiB, 8 MiB of it still resident at the peak of a run) although rebuilding
+a cached kernel uses none of it: the kernel arrives as machine code, and what it needs besides
+(numba's runtime, NRT) is set up apart. lean_cache_loads() makes a cache load set up only NRT;
+the first compile in the process still refreshes everything itself (numba's compiler does,
+before any compile), so a cache miss, a new signature or a user's own njit function compiles
+as before.
+
+numba also holds, beside each kernel's machine code, the kernel's LLVM module (parsed from the
+disk cache's bitcode when the kernel loads) so that a later compile of a function that calls it
+can link it in. Once the warm-up has loaded every kernel nothing compiles, and those modules are
 ~5 MiB of LLVM's heap for ~0.7 MiB of bitcode. release_linking_modules() turns each back into its
 bitcode; the module is parsed again the first time a compile links against it (a new signature,
 a user's own njit function calling a kernel).
 
-This reaches into numba's CodeLibrary (`_shared_module`, `_get_module_for_linking`, numba 0.68):
-a numba that moved them is left as it is.
+Both reach into numba's internals (`Cache.load_overload` / `_load_overload`,
+CodeLibrary's `_shared_module` / `_get_module_for_linking`, numba 0.68): a numba that moved
+them is left as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +26,29 @@ from __future__ import annotations
 import sys
 
 from llvmlite import binding as llvm
+from numba.core import caching
 from numba.core.dispatcher import Dispatcher
+from numba.core.runtime import rtsys
+
+
+def lean_cache_loads() -> bool:
+    """Cache loads from here on set up numba's runtime only, not its whole lowering context
+    (see the module's docstring). Returns whether numba's cache has the hooks this needs."""
+    cache = caching.Cache
+    if getattr(cache.load_overload, "lean", False):
+        return True
+    if not all(hasattr(cache, name) for name in ("load_overload", "_load_overload", "_guard_against_spurious_io_errors")):
+        return False
+
+    def load_overload(self, sig, target_context):
+        rtsys.initialize(target_context)  # what a cached kernel calls (allocation, refcounts)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+    load_overload.lean = True
+    load_overload.__doc__ = cache.load_overload.__doc__
+    cache.load_overload = load_overload
+    return True
 
 
 def release_linking_modules(package: str = "edgellm") -> int:

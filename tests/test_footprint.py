@@ -1,6 +1,9 @@
 """What start-up leaves behind is handed back, and nothing that still runs loses anything."""
 
 import ctypes
+import os
+import subprocess
+import sys
 
 import numpy as np
 from numba import njit
@@ -57,3 +60,47 @@ def test_trim_heap_gives_back_the_free_pages_inside_the_heap():
     assert trim_heap()
     assert _rss_kib() < before - (32 << 10), (before, _rss_kib())
     libc.free(keep)
+
+
+_CACHED_MODULE = '''
+import numpy as np
+from numba import njit
+
+@njit(cache=True)
+def scaled_sum(a, k):
+    return np.sum(a) * k
+'''
+
+_LOAD_THEN_COMPILE = '''
+import sys
+import numpy as np
+import edgellm.kernels  # installs the lean cache loads
+import cached_module
+from numba import njit
+
+a = np.arange(10, dtype=np.float64)
+assert cached_module.scaled_sum(a, 3.0) == 135.0
+assert sum(cached_module.scaled_sum.stats.cache_hits.values()) == 1, "not loaded from the cache"
+assert "numba.np.npyimpl" not in sys.modules, "the cache load refreshed numba's lowering context"
+
+@njit
+def fresh(a):  # a compile after the lean load: numba's compiler refreshes the context itself
+    return np.sqrt(np.sum(a * a)) + cached_module.scaled_sum(a, 1.0)
+
+assert abs(fresh(a) - (np.sqrt(285.0) + 45.0)) < 1e-12
+print("ok")
+'''
+
+
+def test_a_lean_cache_load_skips_the_lowering_context_and_a_later_compile_still_works(tmp_path):
+    """A kernel loaded from numba's disk cache in a fresh process: right result, from the cache,
+    without numba's lowering context (its implementation modules stay unimported); a function
+    compiled afterwards in that process, calling numpy and the loaded kernel, is right too."""
+    (tmp_path / "cached_module.py").write_text(_CACHED_MODULE)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    fill = "import numpy as np, cached_module; cached_module.scaled_sum(np.ones(2), 1.0)"
+    subprocess.run([sys.executable, "-c", fill], env=env, cwd=tmp_path, check=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", _LOAD_THEN_COMPILE], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
