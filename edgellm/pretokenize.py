@@ -14,8 +14,10 @@ splitters; all of these are meant to equal the regex, and they do on assigned co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import regex
+if TYPE_CHECKING:
+    import regex
 
 # The contractions, case-insensitive the way llama.cpp spells it (std::regex has no (?i:...)).
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
@@ -65,6 +67,8 @@ class BpePreTokenizer:
     no_bos: bool = False  # llama.cpp clears the default BOS id (chatglm)
 
     def compiled(self) -> list[regex.Pattern]:
+        import regex  # here, not at the top: a SentencePiece vocabulary never needs it (1.5 MiB)
+
         return [regex.compile(p) for p in self.patterns]
 
 
