@@ -148,6 +148,8 @@ class _Cursor:
         if end >= 0:
             self.pos = end
             return StringArray(blob, offsets)
+        if end == _TOO_LARGE:
+            raise GGUFError(f"string array {what} holds more than {_MAX_BLOB - 1} bytes")
         for _ in range(count):  # only to name the string: need() raises there
             self.need(8, f"length of a string in {what}")
             (n,) = struct.unpack_from("<Q", self.buf, self.pos)
@@ -196,25 +198,33 @@ def _u48(data, p):
     return n
 
 
+# A string array's bytes, joined, are indexed by int32 offsets (half the memory of int64: 1 MiB
+# for a 262k-token vocabulary); more than 2 GiB of strings is no vocabulary.
+_MAX_BLOB = 1 << 31
+_TOO_LARGE = -2
+
+
 @njit(cache=True, nogil=True)
 def _join_strings(data, pos, count):
     """count length-prefixed (u64 little-endian) strings from data[pos:]: their bytes joined, the
-    offsets of each (count + 1, the last is the end), and the position after the last string;
-    end -1 if one runs past the data."""
+    offsets of each (int32, count + 1, the last is the end), and the position after the last
+    string; end -1 if one runs past the data, _TOO_LARGE if they hold _MAX_BLOB bytes or more."""
     size = data.size
     total = 0
     p = pos
     for _ in range(count):
         if p + 8 > size or data[p + 7] != 0 or data[p + 6] != 0:  # more than 2^48: absurd
-            return np.empty(0, np.uint8), np.zeros(1, np.int64), -1
+            return np.empty(0, np.uint8), np.zeros(1, np.int32), -1
         n = _u48(data, p)
         p += 8
         if n > size - p:
-            return np.empty(0, np.uint8), np.zeros(1, np.int64), -1
+            return np.empty(0, np.uint8), np.zeros(1, np.int32), -1
         total += n
         p += n
+    if total >= _MAX_BLOB:
+        return np.empty(0, np.uint8), np.zeros(1, np.int32), _TOO_LARGE
     blob = np.empty(total, np.uint8)
-    offsets = np.empty(count + 1, np.int64)
+    offsets = np.empty(count + 1, np.int32)
     p, q = pos, 0
     for i in range(count):
         n = _u48(data, p)
@@ -235,13 +245,16 @@ class StringArray(Sequence):
 
     def __init__(self, blob: np.ndarray, offsets: np.ndarray):
         self.blob = blob  # uint8 [total bytes]
-        self.offsets = offsets  # int64 [n + 1]
+        self.offsets = offsets  # int32 [n + 1]
 
     @classmethod
     def from_strings(cls, strings) -> StringArray:
         raw = [s.encode("utf-8", "surrogateescape") for s in strings]
-        offsets = np.zeros(len(raw) + 1, np.int64)
-        np.cumsum([len(r) for r in raw], out=offsets[1:])
+        lengths = np.array([len(r) for r in raw], np.int64)
+        if lengths.sum() >= _MAX_BLOB:
+            raise GGUFError(f"strings hold more than {_MAX_BLOB - 1} bytes")
+        offsets = np.zeros(len(raw) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:], dtype=np.int32)
         return cls(np.frombuffer(b"".join(raw), np.uint8).copy(), offsets)
 
     def __len__(self) -> int:

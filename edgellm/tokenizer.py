@@ -210,7 +210,8 @@ class Tokenizer:
         self._scores.flags.writeable = False  # as a file's are: one signature for the merge kernel
         types = _numeric_array(md, "tokenizer.ggml.token_type", n, np.int32, default=TYPE_NORMAL)
         valid = (types >= 0) & (types < len(_TYPE_TO_ATTR))
-        self._attrs = np.where(valid, _TYPE_TO_ATTR[np.where(valid, types, 0)], 0).astype(np.int32)  # [n]
+        # int16 [n]: the ATTR_ bits fit in 9, and it is 0.5 MiB less than int32 for 262k tokens
+        self._attrs = np.where(valid, _TYPE_TO_ATTR[np.where(valid, types, 0)], 0).astype(np.int16)
 
     def _load_bpe(self, md: Mapping[str, Any]) -> dict[str, int]:
         merges = strings_of(md.get("tokenizer.ggml.merges"), "tokenizer.ggml.merges")

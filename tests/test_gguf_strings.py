@@ -46,3 +46,19 @@ def test_a_string_past_the_end_is_named(tmp_path):
     (tmp_path / "cut.gguf").write_bytes(data[:cut])
     with pytest.raises(GGUFError, match="truncated or corrupt: a string in test.strings"):
         GGUFFile(tmp_path / "cut.gguf")
+
+
+def test_a_string_array_too_large_for_int32_offsets_is_refused(tmp_path, monkeypatch):
+    """The joined bytes are indexed by int32: an array of 2 GiB or more is refused, not wrapped
+    (shown with the limit lowered to 10 bytes, in the kernel's Python form and in from_strings)."""
+    from edgellm import gguf_file
+
+    path = _file_with_strings(tmp_path / "s.gguf", ["12345", "67890"])
+    assert GGUFFile(path).metadata["test.strings"] == ["12345", "67890"]
+    monkeypatch.setattr(gguf_file, "_MAX_BLOB", 10)
+    monkeypatch.setattr(gguf_file, "_join_strings", gguf_file._join_strings.py_func)
+    with pytest.raises(GGUFError, match="string array test.strings holds more than 9 bytes"):
+        GGUFFile(path)
+    with pytest.raises(GGUFError, match="more than 9 bytes"):
+        gguf_file.StringArray.from_strings(["12345", "67890"])
+    assert list(gguf_file.StringArray.from_strings(["1234", "56789"])) == ["1234", "56789"]
