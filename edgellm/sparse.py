@@ -32,7 +32,7 @@ import numpy as np
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile, StringArray
 from edgellm.kernels import sparse as kernels
-from edgellm.kernels.dispatch import SparseWeightGroup
+from edgellm.kernels.dispatch import SparseWeightGroup, parallel_loops
 from edgellm.kernels.ggml_types import GGMLQuantizationType as Q
 
 PREFIX = "edgellm.sparsity."
@@ -75,6 +75,7 @@ class SparseWeight:
 
     def dequantize_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Rows [start, start + len(out)) as float32, zeros in place: the twin's values exactly."""
+        parallel_loops()
         kernels.dequantize(self.values, self.index, self.scales, start, out, self.value_type == Q.Q8_0)
         return out
 

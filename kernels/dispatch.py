@@ -233,6 +233,7 @@ def dequantize(data: np.ndarray, ggml_type: int, n_cols: int) -> np.ndarray:
     data, ggml_type = _check(data, ggml_type, n_cols)
     rows = data.shape[0]
     out = np.empty((rows, n_cols), np.float32)
+    parallel_loops()
     dequantize_rows(data, ggml_type, _readonly(np.arange(rows, dtype=np.int64)), out)
     return out
 
@@ -390,15 +391,29 @@ _current: list = []  # [the team for the thread count set last]
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for every kernel: numba's parallel loops, the prefill pool and the decode team."""
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    """Threads for every kernel: the decode team, the prefill pool and numba's parallel loops.
+    numba's own count is set when one of its parallel loops is about to run (parallel_loops):
+    setting it starts numba's threading layer (OpenMP and its threads, ~1 MiB), which a run
+    never uses otherwise (decode and prefill run on the team and the pool)."""
     _current[:] = [team(n)]
+
+
+def num_threads() -> int:
+    """The count set last (set_num_threads), else numba's default (NUMBA_NUM_THREADS)."""
+    return current_team().n_threads
 
 
 def current_team():
     if not _current:
-        _current.append(team(numba.get_num_threads()))
+        _current.append(team(numba.config.NUMBA_NUM_THREADS))
     return _current[0]
+
+
+def parallel_loops() -> None:
+    """Before a numba parallel loop (prange): numba's threads set to num_threads()."""
+    n = min(num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -597,7 +612,7 @@ def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads,
 
 def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
     """Prefill: dequantize a tile of W's rows, let single-threaded BLAS multiply it into
-    out[:, tile]; the tiles go to a pool of numba.get_num_threads() workers that each take the
+    out[:, tile]; the tiles go to a pool of num_threads() workers that each take the
     next tile when done. A core slowed by another program then does fewer tiles, where BLAS's
     own threads split each product evenly and wait for the slowest (on a busy 2-core machine,
     two BLAS threads ran at half the speed of one)."""
@@ -606,7 +621,7 @@ def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
         return out
     if ggml_type == F32:  # float32 already: BLAS straight on the mapped bytes
         return np.matmul(x, data.view(np.float32).T, out=out)
-    workers = numba.get_num_threads()
+    workers = num_threads()
     # at least 4 tiles per worker to balance, at most TILE_BYTES of float32 each
     tile_rows = max(16, min(TILE_BYTES // (4 * n_cols), -(-rows // (4 * workers))))
 
@@ -621,10 +636,10 @@ def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
 
 
 def parallel_map(fn, items) -> None:
-    """fn(item) for every item, spread over numba.get_num_threads() Python threads (fn must
+    """fn(item) for every item, spread over num_threads() Python threads (fn must
     spend its time in code that drops the GIL: BLAS, nogil Numba), each under the caller's numpy
     error settings (they are per thread: a dry warm-up's np.errstate would not reach them)."""
-    workers = numba.get_num_threads()
+    workers = num_threads()
     if workers == 1 or len(items) == 1:
         for item in items:
             fn(item)

@@ -101,7 +101,7 @@ def test_workers_rest_while_the_caller_works_on_other_threads_and_are_awake_afte
 
 def test_the_prefill_pool_runs_while_the_team_rests():
     """parallel_map's threads (BLAS attention) get the cores: the team's workers sleep meanwhile."""
-    numba_threads = dispatch.numba.get_num_threads()
+    threads = dispatch.num_threads()
     dispatch.set_num_threads(2)
     t = dispatch.current_team()
     spins = t.idle_spins
@@ -117,7 +117,7 @@ def test_the_prefill_pool_runs_while_the_team_rests():
     finally:
         t.idle_spins = spins  # woken at the end of parallel_map, it sleeps after IDLE_S again
         _run_matvec(t, *_weights()[:1], np.ones((1, 256), np.float32))
-        dispatch.set_num_threads(numba_threads)
+        dispatch.set_num_threads(threads)
 
 
 def test_a_closed_team_ends_its_threads():
@@ -174,10 +174,23 @@ def test_the_prefetch_takes_the_first_bytes_each_job_reads():
 def test_the_prefill_pool_keeps_the_callers_numpy_error_settings():
     """numpy's error settings are per thread: the dry warm-up's np.errstate(all="ignore") must
     reach the pool's threads too (its garbage printed RuntimeWarnings from there)."""
-    numba_threads = dispatch.numba.get_num_threads()
-    dispatch.numba.set_num_threads(2)
+    threads = dispatch.num_threads()
+    dispatch.set_num_threads(2)
     try:
         with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
             dispatch.parallel_map(lambda i: np.ones(1) / np.zeros(1), range(4))
     finally:
-        dispatch.numba.set_num_threads(numba_threads)
+        dispatch.set_num_threads(threads)
+
+
+def test_numbas_parallel_loops_run_on_the_thread_count_set():
+    """numba's own count is set only as one of its parallel loops (dequantize) is about to run,
+    and then to set_num_threads' count."""
+    threads = dispatch.num_threads()
+    dispatch.set_num_threads(1)
+    try:
+        x = np.arange(64, dtype=np.float32).reshape(2, 32)
+        np.testing.assert_array_equal(dispatch.dequantize(x.view(np.uint8), int(dispatch.F32), 32), x)
+        assert dispatch.numba.get_num_threads() == 1
+    finally:
+        dispatch.set_num_threads(threads)
