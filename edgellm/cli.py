@@ -207,6 +207,9 @@ def cmd_info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from edgellm.system import one_malloc_arena
+
+    one_malloc_arena()  # before the kernels' threads start
     try:
         return args.func(args)
     except EdgeLLMError as e:

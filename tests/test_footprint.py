@@ -104,3 +104,30 @@ def test_a_lean_cache_load_skips_the_lowering_context_and_a_later_compile_still_
     result = subprocess.run([sys.executable, "-c", _LOAD_THEN_COMPILE], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+_THREAD_ALLOCATES = '''
+import ctypes, sys, threading
+from edgellm.system import one_malloc_arena
+
+if sys.argv[1] == "one":
+    assert one_malloc_arena()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+thread = threading.Thread(target=lambda: libc.free(libc.malloc(1024)))
+thread.start()
+thread.join()
+libc.malloc_stats()  # to stderr, one "Arena N:" per arena
+'''
+
+
+def test_with_one_malloc_arena_a_thread_allocates_from_the_main_heap():
+    """glibc gives a thread that allocates an arena of its own, unless told one is the most."""
+    def arenas(mode):
+        err = subprocess.run([sys.executable, "-c", _THREAD_ALLOCATES, mode], capture_output=True,
+                             text=True, check=True, timeout=120).stderr
+        return sum(line.startswith("Arena ") for line in err.splitlines())
+
+    assert arenas("default") == 2
+    assert arenas("one") == 1
