@@ -36,17 +36,22 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up: the llama FFN's gated activation."""
-    return silu(gate) * up
+def silu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """silu(gate) * up: the llama FFN's gated activation (into out if given: gate may be it)."""
+    return np.multiply(silu(gate), up, out=out)
 
 
-def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+def gelu_mul(gate: np.ndarray, up: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """gelu_tanh(gate) * up in one pass (Gemma's GEGLU, ggml_geglu), through ggml's f16 table
-    (gelu.py)."""
+    (gelu.py); into out if given (C-contiguous float32 of gate's shape: gate itself may be it,
+    each value is read before its own is written)."""
     g = np.ascontiguousarray(gate, dtype=np.float32).reshape(-1)
     u = np.ascontiguousarray(up, dtype=np.float32).reshape(-1)
-    out = np.empty_like(g)
+    if out is None:
+        out = np.empty_like(g)
+    elif out.dtype != np.float32 or out.size != g.size or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"gelu_mul: out must be a writable C-contiguous float32 array of {g.size} values")
+    result, out = out, out.reshape(-1)
     if g.size <= SERIAL_ELEMENTS:
         _gelu_mul(g, u, _GELU, out)
     else:  # a team job: numba's OpenMP threads would share the cores with the team's spinning ones
@@ -54,7 +59,7 @@ def gelu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         with t.lock:
             _fill_gelu_mul(t.desc, g, u, _GELU, out)
             t.run()
-    return out.reshape(gate.shape)
+    return result.reshape(gate.shape)
 
 
 SERIAL_ELEMENTS = 1 << 16  # up to this many values (a decode step), on this thread
@@ -181,10 +186,11 @@ def from_f16(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def f16_rounded(x: np.ndarray) -> np.ndarray:
-    """x rounded to f16, as a new float32 array."""
+def f16_rounded(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """x rounded to f16, as a new float32 array (in_place: x itself, if a C-contiguous float32
+    one)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
+    out = x if in_place and x.flags.writeable else np.empty_like(x)
     _round_f16(x.reshape(-1), out.reshape(-1))
     return out
 
@@ -214,12 +220,14 @@ FEW_QUERIES = 8  # up to this many queries (decode), attention runs as a Numba l
 
 def attention(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, q_pos: np.ndarray, k_pos: np.ndarray,
-    scale: float, window: int = 0, q_block: int = 64,
+    scale: float, window: int = 0, q_block: int = 64, overwrite_q: bool = False,
 ) -> np.ndarray:
     """Causal multi-head attention with grouped KV heads; returns [n, n_head * hd_v].
 
     q [n, n_head, hd]; k [n_kv, m, hd]; v [n_kv, m, hd_v]; q_pos [n] and k_pos [m] are absolute
-    positions (k_pos < 0 marks an empty cache slot). A query at p sees keys at p' <= p, and with a
+    positions (k_pos < 0 marks an empty cache slot). overwrite_q: q may be rounded in place (a
+    caller done with it; its copy is the largest of a prefill's temporaries here after K and
+    V's). A query at p sees keys at p' <= p, and with a
     sliding window only those with p - p' < window (llama.cpp's standard SWA). Queries are taken
     in blocks so that the score matrix stays small for long prompts; blocks of 64 rather than
     128 skip more of the causal triangle and balance 2 threads better (one Gemma-3 layer, 512
@@ -239,7 +247,7 @@ def attention(
     group = n_head // n_kv
     out = np.empty((n, n_head, hd_v), dtype=np.float32)
     if half:  # q rounded as llama.cpp rounds it; K and V widened once for BLAS
-        q = f16_rounded(q)
+        q = f16_rounded(q, in_place=overwrite_q)
         k, v = from_f16(k), from_f16(v)
 
     # Keys in position order (a prompt, a full layer's cache): a query block reads only the keys
@@ -263,7 +271,11 @@ def attention(
         qh = np.ascontiguousarray(q[q0:q1, heads, :]).reshape(-1, hd)
         scores = qh @ k[h, lo:hi].T
         _softmax_rows(scores, q_pos[q0:q1], k_pos[lo:hi], np.float32(scale), window, group, half)
-        out[q0:q1, heads, :] = (scores @ v[h, lo:hi]).reshape(q1 - q0, group, hd_v)
+        dest = out[q0:q1, heads, :]
+        if dest.flags.c_contiguous:  # one KV head: straight into out, no temporary
+            np.matmul(scores, v[h, lo:hi], out=dest.reshape(-1, hd_v))
+        else:
+            dest[...] = (scores @ v[h, lo:hi]).reshape(q1 - q0, group, hd_v)
 
     # blocks of queries x KV heads, spread over the kernels' threads (numpy drops the GIL)
     parallel_map(one_block, [(q0, h) for q0 in range(0, n, q_block) for h in range(n_kv)])

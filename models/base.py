@@ -267,12 +267,13 @@ class Attention:
         cos, sin = self.rope_memo.tables(positions, hp.n_rot, self.rope_base, self.rope_scale, self.rope_factors)
         norm_rope(q, k, self.q_norm, self.k_norm, hp.norm_eps, cos, sin, hp.rope_type)  # Q/K norms, RoPE
         keys, values, key_pos = cache.update(k, v, positions)  # [n_kv, m, hd], [m]
-        out = attention(q, keys, values, positions, key_pos, hp.attn_scale, self.window)
+        out = attention(q, keys, values, positions, key_pos, hp.attn_scale, self.window, overwrite_q=True)
         return self.wo(out)
 
 
 class FeedForward:
-    """Gated FFN: down(act(gate(x)) * up(x)); act_mul(gate, up) computes act(gate) * up."""
+    """Gated FFN: down(act(gate(x)) * up(x)); act_mul(gate, up, out) computes act(gate) * up
+    into out (gate's own buffer here: one [n, n_ff] array fewer alive at once)."""
 
     def __init__(self, hp: HParams, w: Weights, il: int, act_mul):
         p = f"blk.{il}."
@@ -285,7 +286,7 @@ class FeedForward:
     def __call__(self, x: np.ndarray, norm=None) -> np.ndarray:
         """norm: (weight, eps) of the RMS norm x takes before gate and up (made in their matmul)."""
         gate, up = self.gate_up(x, norm)
-        return self.down(self.act_mul(gate, up))
+        return self.down(self.act_mul(gate, up, out=gate))
 
 
 class Transformer:

@@ -454,6 +454,9 @@ def test_decode_attention_equals_the_prefill_path_and_a_float64_reference(n_head
     many_pos = np.concatenate([q_pos] * (FEW_QUERIES // n + 1))
     blocked = attention(many, k, v, many_pos, k_pos, 0.25, window)[:n]
     np.testing.assert_allclose(got, blocked, **tol)
+    # q rounded in its own buffer (a caller done with it), the output written into place: same bits
+    overwritten = many.copy()
+    assert np.array_equal(attention(overwritten, k, v, many_pos, k_pos, 0.25, window, overwrite_q=True)[:n], blocked)
 
 
 @numba.njit(error_model="numpy")
@@ -531,6 +534,12 @@ def test_gelu_mul_is_ggmls_f16_table_and_the_team_job_matches_the_serial_loop():
     serial = np.concatenate([gelu_mul(g[i:i + SERIAL_ELEMENTS], u[i:i + SERIAL_ELEMENTS])
                              for i in range(0, n, SERIAL_ELEMENTS)])
     assert np.array_equal(got, serial)
+    for size in (n, SERIAL_ELEMENTS - 5):  # in place (the FFN's gate buffer): the same bits, job or serial
+        gate = g[:size].copy()
+        assert np.shares_memory(gelu_mul(gate, u[:size], out=gate), gate)
+        assert np.array_equal(gate, got[:size])
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        gelu_mul(g, u, out=np.empty(n, np.float64))
 
 
 @pytest.mark.slow
