@@ -28,6 +28,18 @@ NEGLIGIBLE = -80.0
 CHUNK = 256  # cache slots per work item: 2 items for a 512-slot sliding window
 
 
+@njit(cache=True, nogil=True)
+def sum_in_order(row):
+    """The float32 sum of row, first to last (strict IEEE: no fastmath here, so that LLVM does
+    not reorder it). Not row.sum(): numba's array methods live in numba.np.arraymath, and a
+    cached kernel that links one imports that module at load, and with it scipy.linalg where
+    scipy is installed (~10 MiB of RSS)."""
+    total = np.float32(0.0)
+    for x in row:
+        total += x
+    return total
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_sum):
     """Slots s0..s1 of one KV head against its group's queries q [g, hd], all at position p.
@@ -62,7 +74,7 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
         else:
             row -= part_max[r]
             exp_inplace(row)
-        part_sum[r] = row.sum()
+        part_sum[r] = sum_in_order(row)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
