@@ -9,6 +9,14 @@ the first compile in the process still refreshes everything itself (numba's comp
 before any compile), so a cache miss, a new signature or a user's own njit function compiles
 as before.
 
+A cached kernel also brings the environments (globals and constants) of the functions it links,
+numba's own implementations of np.empty, reshape, view and the like among them, and rebuilding
+one imports its module for the globals: numba.np.arrayobj and the 10 modules it imports, 3.4
+MiB of a run's peak. Only object-mode code reads an environment's globals (nopython code has
+its globals frozen in at compile time and reads only the constants, which the cache keeps), so
+a cache load gives an environment of a numba module not yet imported an empty globals dict;
+the rest are rebuilt as numba does.
+
 numba also holds, beside each kernel's machine code, the kernel's LLVM module (parsed from the
 disk cache's bitcode when the kernel loads) so that a later compile of a function that calls it
 can link it in. Once the warm-up has loaded every kernel nothing compiles, and those modules are
@@ -16,17 +24,18 @@ can link it in. Once the warm-up has loaded every kernel nothing compiles, and t
 bitcode; the module is parsed again the first time a compile links against it (a new signature,
 a user's own njit function calling a kernel).
 
-Both reach into numba's internals (`Cache.load_overload` / `_load_overload`,
-CodeLibrary's `_shared_module` / `_get_module_for_linking`, numba 0.68): a numba that moved
-them is left as it is.
+These reach into numba's internals (`Cache.load_overload` / `_load_overload`,
+`environment._rebuild_env`, CodeLibrary's `_shared_module` / `_get_module_for_linking`, numba
+0.68): a numba that moved them is left as it is.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from llvmlite import binding as llvm
-from numba.core import caching
+from numba.core import caching, environment
 from numba.core.dispatcher import Dispatcher
 from numba.core.runtime import rtsys
 
@@ -48,7 +57,23 @@ def lean_cache_loads() -> bool:
     load_overload.lean = True
     load_overload.__doc__ = cache.load_overload.__doc__
     cache.load_overload = load_overload
+    if all(hasattr(environment, name) for name in ("_rebuild_env", "lookup_environment", "Environment")):
+        environment._rebuild_env = _rebuild_env  # what the cache's pickles call, looked up by name
     return True
+
+
+def _rebuild_env(modname, consts, env_name):
+    """numba's environment._rebuild_env, but the environment of a numba module not imported
+    yet gets globals that name the module only (see the module's docstring)."""
+    env = environment.lookup_environment(env_name)
+    if env is not None:
+        return env
+    lean = modname.startswith("numba.") and modname not in sys.modules
+    env = environment.Environment({"__name__": modname} if lean else importlib.import_module(modname).__dict__)
+    env.consts[:] = consts
+    env.env_name = env_name
+    environment.Environment._memo[env_name] = env
+    return env
 
 
 def release_linking_modules(package: str = "edgellm") -> int:

@@ -69,6 +69,15 @@ from numba import njit
 @njit(cache=True)
 def scaled_sum(a, k):
     return np.sum(a) * k
+
+@njit(cache=True)
+def padded(a, n):  # numba's np.empty and reshape (numba.np.arrayobj), and an exception
+    if n < a.size:
+        raise ValueError("n is smaller than a")
+    out = np.empty(n, a.dtype)
+    out[: a.size] = a
+    out[a.size :] = 0
+    return out.reshape(1, n)
 '''
 
 _LOAD_THEN_COMPILE = '''
@@ -82,6 +91,16 @@ a = np.arange(10, dtype=np.float64)
 assert cached_module.scaled_sum(a, 3.0) == 135.0
 assert sum(cached_module.scaled_sum.stats.cache_hits.values()) == 1, "not loaded from the cache"
 assert "numba.np.npyimpl" not in sys.modules, "the cache load refreshed numba's lowering context"
+assert cached_module.padded(a, 12).tolist() == [list(range(10)) + [0, 0]]
+assert sum(cached_module.padded.stats.cache_hits.values()) == 1, "not loaded from the cache"
+try:
+    cached_module.padded(a, 5)
+except ValueError as e:
+    assert str(e) == "n is smaller than a", e
+else:
+    raise AssertionError("no ValueError")
+for module in ("numba.np.arrayobj", "numba.np.arraymath"):
+    assert module not in sys.modules, f"the cache load imported {module} for its environments"
 
 @njit
 def fresh(a):  # a compile after the lean load: numba's compiler refreshes the context itself
@@ -94,12 +113,13 @@ print("ok")
 
 def test_a_lean_cache_load_skips_the_lowering_context_and_a_later_compile_still_works(tmp_path):
     """A kernel loaded from numba's disk cache in a fresh process: right result, from the cache,
-    without numba's lowering context (its implementation modules stay unimported); a function
-    compiled afterwards in that process, calling numpy and the loaded kernel, is right too."""
+    without numba's lowering context or the modules of the numba functions it links (their
+    environments' globals); its exceptions still raise; a function compiled afterwards in that
+    process, calling numpy and the loaded kernel, is right too."""
     (tmp_path / "cached_module.py").write_text(_CACHED_MODULE)
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    fill = "import numpy as np, cached_module; cached_module.scaled_sum(np.ones(2), 1.0)"
+    fill = "import numpy as np, cached_module; cached_module.scaled_sum(np.ones(10), 1.0); cached_module.padded(np.ones(10), 12)"
     subprocess.run([sys.executable, "-c", fill], env=env, cwd=tmp_path, check=True, timeout=300)
     result = subprocess.run([sys.executable, "-c", _LOAD_THEN_COMPILE], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)

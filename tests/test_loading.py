@@ -65,7 +65,7 @@ from numba.np.ufunc import parallel
 llm = edgellm.load(ctx=64)
 print("".join(llm.generate("Hi", max_tokens=2)))
 print(json.dumps({"modules": sorted({m for m in sys.modules if m.split(".")[0] in ("gguf", "llama_cpp", "regex")}
-                                    | ({"numba.np.npyimpl", "numba.np.arraymath", "scipy.linalg"} & set(sys.modules))),
+                                    | ({"numba.np.npyimpl", "numba.np.arraymath", "numba.np.arrayobj", "scipy.linalg"} & set(sys.modules))),
                   "threading_layer_started": bool(parallel._is_initialized)}))
 """
 
@@ -75,6 +75,7 @@ def test_loading_and_running_a_model_takes_in_nothing_it_does_not_use(model_path
     SentencePiece vocabulary does not need it: 1.5 MiB), numba's lowering context (kernels
     load from the cache without it: 8 MiB), numba's array methods (a kernel linking one imports
     numba.np.arraymath at load, which imports scipy.linalg where scipy is installed: 12 MiB),
+    the modules of numba's np.empty & co. for their environments (numba.np.arrayobj: 3.4 MiB),
     numba's threading layer (no parallel loop runs)."""
     out = subprocess.run([sys.executable, "-c", _RUN_THEN_REPORT], capture_output=True, text=True, check=True,
                          timeout=300)
