@@ -286,7 +286,9 @@ class FeedForward:
     def __call__(self, x: np.ndarray, norm=None) -> np.ndarray:
         """norm: (weight, eps) of the RMS norm x takes before gate and up (made in their matmul)."""
         gate, up = self.gate_up(x, norm)
-        return self.down(self.act_mul(gate, up, out=gate))
+        hidden = self.act_mul(gate, up, out=gate)
+        del gate, up  # up's [n, n_ff] goes before down quantizes hidden: the prefill's peak
+        return self.down(hidden)
 
 
 class Transformer:
