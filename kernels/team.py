@@ -264,9 +264,11 @@ class Team:
 
     def scratch(self, nbytes: int) -> np.ndarray:
         """A uint8 buffer of at least nbytes that jobs may fill with their temporaries (the
-        quantized x): owned here, so it outlives the job; grown, never shrunk."""
+        quantized x): owned here, so it outlives the job; grown to the size asked for (not
+        doubled: the largest ask, a prefill's down projection, comes in the first passes and
+        stays the size), never shrunk."""
         if self._scratch.size < nbytes:
-            self._scratch = np.empty(max(nbytes, 2 * self._scratch.size), np.uint8)
+            self._scratch = np.empty(nbytes, np.uint8)
         return self._scratch
 
     def wake(self) -> None:
