@@ -187,7 +187,8 @@ class Tokenizer:
         special = np.flatnonzero(np.asarray(self._attrs) & (ATTR_CONTROL | ATTR_USER_DEFINED |
                                                              ATTR_UNKNOWN)).tolist()
         special.sort(key=lambda i: (-len(self._tokens.raw(i)), i))
-        self._special_ids: list[int] = special
+        # int32, not a list of ints: Gemma 3 has 6k+ control tokens (0.2 MiB as Python ints)
+        self._special_ids = np.array(special, np.int32)
         self._byte_ids = self._byte_tokens()
 
     # -- loading -------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ class Tokenizer:
         occurrences. Control and unknown tokens take part only when `parse_special`.
         """
         fragments: list[str | int] = [text]
-        for tid in self._special_ids:
+        for tid in map(int, self._special_ids):
             attr = self._attrs[tid]
             if not parse_special and attr & (ATTR_CONTROL | ATTR_UNKNOWN):
                 continue
