@@ -23,15 +23,13 @@ import numpy as np
 from tqdm import tqdm
 
 from edgellm import sparse
+from edgellm.converters import options
 from edgellm.converters.errors import ConvertError
 from edgellm.errors import EdgeLLMError
 from edgellm.kernels import matmul
 
 CHUNK = 512  # tokens per forward pass, BOS included
-# sparsegpt's H = sum x x^T has rank at most the token count, so it wants more tokens than a
-# layer has inputs (Gemma-3-270M's ffn_down: 2048): on it, 2048 -> 8192 tokens took the q4_0
-# 2:4 perplexity on GPL-3 from 39.2 to 29.0 (benchmarks/README.md).
-DEFAULT_TOKENS = 8192
+DEFAULT_TOKENS = options.DEFAULT_CALIB_TOKENS  # why 8192: options.py
 MIN_TOKENS = 64
 
 
@@ -139,7 +137,7 @@ def collect_for_source(source: Path, calib: str | os.PathLike, n_tokens: int, he
     is first converted to a temporary f16 GGUF (removed afterwards)."""
     if source.is_file():
         return _collect_checked(source, calib, n_tokens, hessian, is_prunable, progress)
-    from edgellm.converters.convert import convert
+    from edgellm.converters.pipeline import convert
 
     with tempfile.TemporaryDirectory(prefix="edgellm-calib-") as tmp:
         dense = convert(source, Path(tmp) / "dense-f16.gguf", type="f16", progress=False)

@@ -22,21 +22,15 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from gguf import quants
 
+from edgellm.converters import options
 from edgellm.converters.errors import ConvertError
 
 Q = GGMLQuantizationType
 
 # --type NAME -> (tensor type, general.file_type)
-OUTPUT_TYPES = {
-    "f32": (Q.F32, LlamaFileType.ALL_F32),
-    "f16": (Q.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": (Q.BF16, LlamaFileType.MOSTLY_BF16),
-    "q8_0": (Q.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-    "q4_0": (Q.Q4_0, LlamaFileType.MOSTLY_Q4_0),
-    "q4_1": (Q.Q4_1, LlamaFileType.MOSTLY_Q4_1),
-    "q5_0": (Q.Q5_0, LlamaFileType.MOSTLY_Q5_0),
-}
-EMBEDDING_TYPES = {"f16": Q.F16, "q8_0": Q.Q8_0}  # --keep-embeddings NAME
+OUTPUT_TYPES = {name: (Q[name.upper()], LlamaFileType["ALL_F32" if name == "f32" else f"MOSTLY_{name.upper()}"])
+                for name in options.OUTPUT_TYPES}
+EMBEDDING_TYPES = {name: Q[name.upper()] for name in options.EMBEDDING_TYPES}  # --keep-embeddings NAME
 EMBEDDING_TENSORS = ("token_embd.weight", "output.weight")
 LOW_BIT = (Q.Q4_0, Q.Q4_1, Q.Q5_0)
 LOSSLESS = (Q.F32, Q.F16, Q.BF16)  # source types that requantizing does not make worse

@@ -32,11 +32,12 @@ from gguf import GGMLQuantizationType as Q
 from tqdm import tqdm
 
 from edgellm import sparse
+from edgellm.converters import options
 from edgellm.converters.errors import ConvertError
 from edgellm.converters.quantize import quantize_rows
 from edgellm.converters.writer import TensorPlan
 
-METHODS = ("sparsegpt", "wanda", "magnitude")  # the first is the default
+METHODS = options.METHODS  # the first is the default
 LAYOUTS = sparse.LAYOUTS
 PRUNABLE = re.compile(r"^blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$")
 QUANT_BLOCK = 32

@@ -60,3 +60,33 @@ def test_perplexity_needs_enough_text(model_path, tmp_path):
     short.write_text("too short")
     result = _cli("perplexity", model_path, "-f", short)
     assert result.returncode == 2 and "needs at least 1024" in result.stderr
+
+
+_PARSE_THEN_REPORT = """
+import json, sys
+from edgellm.cli import build_parser
+build_parser().parse_args(["run", "-p", "Hi"])
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("gguf", "numba", "tqdm")
+                        or m.startswith("edgellm.converters.") and m not in (
+                            "edgellm.converters.cli", "edgellm.converters.errors", "edgellm.converters.options"))))
+"""
+
+
+def test_the_command_line_is_parsed_without_loading_the_converter():
+    """Every command's flags are known before the command runs, convert's too: they come from
+    converters/options.py, so that a run does not hold the converter and the gguf package it
+    never uses (3 MiB of its memory)."""
+    out = subprocess.run([sys.executable, "-c", _PARSE_THEN_REPORT], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert json.loads(out.stdout) == []
+
+
+def test_the_converters_flags_name_what_the_converter_and_the_runtime_take():
+    """options.py's names, checked against the modules that act on them."""
+    from edgellm import sparse
+    from edgellm.converters import options, quantize, sparsity
+
+    assert options.SPARSE_LAYOUTS == sparse.LAYOUTS == sparsity.LAYOUTS
+    assert tuple(quantize.OUTPUT_TYPES) == options.OUTPUT_TYPES
+    assert quantize.OUTPUT_TYPES["q4_0"][1].name == "MOSTLY_Q4_0"
+    assert set(quantize.EMBEDDING_TYPES) <= set(options.OUTPUT_TYPES)
