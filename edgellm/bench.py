@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -66,11 +65,11 @@ def time_one(eval_tokens, ids: list[int], n_gen: int) -> Rep:
 
 def summarize(reps: list[Rep], n_prompt: int, bytes_per_token: int, peak_rss_mb: float) -> dict:
     tpots = [t for r in reps for t in r.tpot_s]
-    decode_tok_s = statistics.median(len(r.tpot_s) / sum(r.tpot_s) for r in reps) if tpots else 0.0
+    decode_tok_s = float(np.median([len(r.tpot_s) / sum(r.tpot_s) for r in reps])) if tpots else 0.0
     return {
-        "prefill_tok_s": statistics.median(n_prompt / r.prefill_s for r in reps) if n_prompt else 0.0,
+        "prefill_tok_s": float(np.median([n_prompt / r.prefill_s for r in reps])) if n_prompt else 0.0,
         "decode_tok_s": decode_tok_s,
-        "ttft_s": statistics.median(r.ttft_s for r in reps),
+        "ttft_s": float(np.median([r.ttft_s for r in reps])),
         "tpot_median_s": float(np.median(tpots)) if tpots else 0.0,
         "tpot_p95_s": float(np.percentile(tpots, 95)) if tpots else 0.0,
         "peak_rss_mb": peak_rss_mb,
