@@ -51,8 +51,8 @@ def _find(blob, offsets, table, data, a0, a1, b0, b1):
     """The id of the string data[a0:a1] (+ " " + data[b0:b1] when b0 >= 0), or -1."""
     n_a = a1 - a0
     n = n_a + (b1 - b0 + 1 if b0 >= 0 else 0)
-    mask = np.uint64(table.size - 1)
-    slot = _hash(data, a0, a1, b0, b1) & mask
+    size = np.uint64(table.size)
+    slot = _hash(data, a0, a1, b0, b1) % size
     while True:
         j = table[slot]
         if j < 0:
@@ -71,20 +71,21 @@ def _find(blob, offsets, table, data, a0, a1, b0, b1):
                 k += 1
         if same:
             return j
-        slot = (slot + np.uint64(1)) & mask
+        slot += np.uint64(1)
+        if slot == size:
+            slot = np.uint64(0)
 
 
 @njit(cache=True, nogil=True)
 def _build(blob, offsets):
-    """An open-addressing table (int32, -1 empty) with room for twice the strings; the first of
-    equal strings is indexed. Returns (table, first, duplicate): the ids of the first pair of
-    equal strings, or -1, -1."""
+    """An open-addressing table (int32, -1 empty) with room for 1.5 times the strings (not a
+    power of two: 1.5 MiB rather than 2 for a 262k-token vocabulary; a miss probes ~5 slots, a
+    hit ~2); the first of equal strings is indexed. Returns (table, first, duplicate): the ids of
+    the first pair of equal strings, or -1, -1."""
     n = offsets.size - 1
-    size = 1
-    while size < 2 * n:
-        size *= 2
+    size = n + n // 2 + 1
     table = np.full(size, -1, np.int32)
-    mask = np.uint64(size - 1)
+    modulus = np.uint64(size)
     first = dup = -1
     for i in range(n):
         s, e = offsets[i], offsets[i + 1]
@@ -93,9 +94,11 @@ def _build(blob, offsets):
             if dup < 0:
                 first, dup = j, i
             continue
-        slot = _hash(blob, s, e, _NO, _NO) & mask
+        slot = _hash(blob, s, e, _NO, _NO) % modulus
         while table[slot] >= 0:
-            slot = (slot + np.uint64(1)) & mask
+            slot += np.uint64(1)
+            if slot == modulus:
+                slot = np.uint64(0)
         table[slot] = i
     return table, first, dup
 
