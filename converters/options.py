@@ -1,6 +1,6 @@
 """The names `edgellm convert`'s flags accept, with nothing imported: the CLI builds its parser
 from these before it knows the command, so that `edgellm run` does not load the converters
-(the gguf package, the quantizers: 3 MiB of a run's memory and 0.3 s of its start-up).
+(the gguf package, the quantizers: 3 MiB of a run's memory).
 quantize.py, sparsity.py and calibrate.py take them from here."""
 
 OUTPUT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0")  # --type

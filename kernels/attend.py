@@ -33,7 +33,7 @@ def sum_in_order(row):
     """The float32 sum of row, first to last (strict IEEE: no fastmath here, so that LLVM does
     not reorder it). Not row.sum(): numba's array methods live in numba.np.arraymath, and a
     cached kernel that links one imports that module at load, and with it scipy.linalg where
-    scipy is installed (~10 MiB of RSS)."""
+    scipy is installed (12.6 MiB of a bench's peak RSS)."""
     total = np.float32(0.0)
     for x in row:
         total += x

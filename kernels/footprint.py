@@ -31,7 +31,6 @@ These reach into numba's internals (`Cache.load_overload` / `_load_overload`,
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from llvmlite import binding as llvm
@@ -57,22 +56,23 @@ def lean_cache_loads() -> bool:
     load_overload.lean = True
     load_overload.__doc__ = cache.load_overload.__doc__
     cache.load_overload = load_overload
-    if all(hasattr(environment, name) for name in ("_rebuild_env", "lookup_environment", "Environment")):
+    if _numba_rebuild_env is not None and all(hasattr(environment, n) for n in ("lookup_environment", "Environment")):
         environment._rebuild_env = _rebuild_env  # what the cache's pickles call, looked up by name
     return True
+
+
+_numba_rebuild_env = getattr(environment, "_rebuild_env", None)
 
 
 def _rebuild_env(modname, consts, env_name):
     """numba's environment._rebuild_env, but the environment of a numba module not imported
     yet gets globals that name the module only (see the module's docstring)."""
-    env = environment.lookup_environment(env_name)
-    if env is not None:
-        return env
-    lean = modname.startswith("numba.") and modname not in sys.modules
-    env = environment.Environment({"__name__": modname} if lean else importlib.import_module(modname).__dict__)
+    if not modname.startswith("numba.") or modname in sys.modules or environment.lookup_environment(env_name):
+        return _numba_rebuild_env(modname, consts, env_name)
+    env = environment.Environment({"__name__": modname})
     env.consts[:] = consts
     env.env_name = env_name
-    environment.Environment._memo[env_name] = env
+    environment.Environment._memo[env_name] = env  # as numba's: found again by name
     return env
 
 

@@ -66,9 +66,9 @@ _PARSE_THEN_REPORT = """
 import json, sys
 from edgellm.cli import build_parser
 build_parser().parse_args(["run", "-p", "Hi"])
+light = {"edgellm.converters.cli", "edgellm.converters.errors", "edgellm.converters.options"}
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("gguf", "numba", "tqdm")
-                        or m.startswith("edgellm.converters.") and m not in (
-                            "edgellm.converters.cli", "edgellm.converters.errors", "edgellm.converters.options"))))
+                        or (m.startswith("edgellm.converters.") and m not in light))))
 """
 
 
