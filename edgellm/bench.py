@@ -124,10 +124,14 @@ class LlamaCppEngine:
             self._start()
 
     def _start(self):
+        from edgellm.kernels import foreign_environ
+
         cmd = [sys.executable, "-m", "edgellm.bench", "--llama-cpp-worker", *self.args]
         if self.plain_buffers:
             cmd.append("--plain-buffers")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The user's environment, not edgellm's OpenMP default (kernels.foreign_environ).
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=foreign_environ())
         ready = self.proc.stdout.readline()
         if not ready:
             raise EdgeLLMError(f"llama.cpp could not load the model: {self._stderr_tail()}")

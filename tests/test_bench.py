@@ -60,3 +60,47 @@ def test_first_run_announces_compiling_and_second_does_not(tmp_path, model_path)
     assert second.returncode == 0, second.stderr
     assert "compiling" not in second.stderr
     assert second.stdout == first.stdout
+
+
+_ENV_REPORT = """
+import json, os, sys
+import edgellm.bench  # the llama.cpp worker's module: must not load the kernels (their OpenMP default)
+loaded = "edgellm.kernels" in sys.modules
+from edgellm.kernels import foreign_environ
+print(json.dumps([loaded, os.environ.get("OMP_WAIT_POLICY"), foreign_environ().get("OMP_WAIT_POLICY")]))
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_child_processes_get_the_users_openmp_wait_policy(user_value):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value:
+        env["OMP_WAIT_POLICY"] = user_value
+    out = subprocess.run([sys.executable, "-c", _ENV_REPORT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    loaded, ours, theirs = json.loads(out.stdout)
+    assert not loaded
+    assert ours == (user_value or "PASSIVE")  # edgellm's own default, unless the user chose
+    assert theirs == user_value
+
+
+def test_llama_cpp_worker_starts_with_foreign_environ(monkeypatch):
+    import edgellm.bench as bench
+    from edgellm.errors import EdgeLLMError
+    from edgellm.kernels import foreign_environ
+
+    started = []
+
+    class NoWorker:
+        def __init__(self, cmd, env=None, **kwargs):
+            started.append(env)
+            self.stdout = self.stderr = type("Empty", (), {"readline": lambda s: "", "read": lambda s: ""})()
+            self.returncode = 1
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(bench.subprocess, "Popen", NoWorker)
+    with pytest.raises(EdgeLLMError, match="could not load"):
+        bench.LlamaCppEngine("model.gguf", 2, 64)
+    assert started == [foreign_environ()]
