@@ -40,6 +40,24 @@ def sum_in_order(row):
     return total
 
 
+KEYS_AT_ONCE = 4  # slots whose dots with a query run in one loop (4 accumulators, each key read once)
+VALUES_AT_ONCE = 8  # slots whose probability * value products go into an output row in one pass
+
+
+@njit(cache=True, nogil=True)
+def _visible(ps, p, window):
+    return ps >= 0 and ps <= p and not (window > 0 and p - ps >= window)
+
+
+@njit(cache=True, nogil=True)
+def _put_score(scores, part_max, r, col, acc, scale, seen):
+    if seen:
+        scores[r, col] = acc * scale
+        part_max[r] = max(part_max[r], acc * scale)
+    else:
+        scores[r, col] = -np.inf
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
 def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_sum):
     """Slots s0..s1 of one KV head against its group's queries q [g, hd], all at position p.
@@ -48,25 +66,52 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
     visible if 0 <= its position <= p and, with a window, p - position < window. For each query
     r: part_max[r] = its largest visible scaled score (-inf if none), scores[r, s - s0] = e =
     exp(score - part_max[r]) (0 for a hidden slot) and part_sum[r] = the sum of the e.
-    scores: float32 [g, >= s1 - s0]."""
+    scores: float32 [g, >= s1 - s0].
+
+    Keys go KEYS_AT_ONCE at a time: widened once into float32, then each query's dots with all
+    four in one loop over hd (one load of the query for four keys; each dot in the same order as
+    alone). A hidden slot among them is computed and dropped: its sum is its own. A last block
+    of fewer slots, or one with no visible slot, goes a slot at a time."""
     g, hd = q.shape
     n = s1 - s0
     part_max[:] = -np.inf
-    key = np.empty(hd, np.float32)  # the slot's key widened once for the g queries
-    for s in range(s0, s1):
-        ps = k_pos[s]
-        if ps < 0 or ps > p or (window > 0 and p - ps >= window):
+    keys = np.empty((KEYS_AT_ONCE, hd), np.float32)
+    for b0 in range(s0, s1, KEYS_AT_ONCE):
+        seen0, seen1 = _visible(k_pos[b0], p, window), b0 + 1 < s1 and _visible(k_pos[b0 + 1], p, window)
+        seen2, seen3 = b0 + 2 < s1 and _visible(k_pos[b0 + 2], p, window), b0 + 3 < s1 and _visible(k_pos[b0 + 3], p, window)
+        if b0 + KEYS_AT_ONCE <= s1 and (seen0 or seen1 or seen2 or seen3):
+            for t in range(KEYS_AT_ONCE):
+                kt, wide = k[b0 + t], keys[t]
+                for j in range(hd):
+                    wide[j] = to_f32(kt[j])
+            k0, k1, k2, k3 = keys[0], keys[1], keys[2], keys[3]
             for r in range(g):
-                scores[r, s - s0] = -np.inf
+                qr = q[r]
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for j in range(hd):
+                    x = qr[j]
+                    a0 += x * k0[j]
+                    a1 += x * k1[j]
+                    a2 += x * k2[j]
+                    a3 += x * k3[j]
+                _put_score(scores, part_max, r, b0 - s0, a0, scale, seen0)
+                _put_score(scores, part_max, r, b0 + 1 - s0, a1, scale, seen1)
+                _put_score(scores, part_max, r, b0 + 2 - s0, a2, scale, seen2)
+                _put_score(scores, part_max, r, b0 + 3 - s0, a3, scale, seen3)
             continue
-        for j in range(hd):
-            key[j] = to_f32(k[s, j])
-        for r in range(g):
-            acc = np.float32(0.0)
-            for j in range(hd):
-                acc += q[r, j] * key[j]
-            scores[r, s - s0] = acc * scale
-            part_max[r] = max(part_max[r], acc * scale)
+        for s in range(b0, min(s1, b0 + KEYS_AT_ONCE)):
+            seen = _visible(k_pos[s], p, window)
+            if seen:
+                kt, wide = k[s], keys[0]
+                for j in range(hd):
+                    wide[j] = to_f32(kt[j])
+            for r in range(g):
+                acc = np.float32(0.0)
+                if seen:
+                    qr, wide = q[r], keys[0]
+                    for j in range(hd):
+                        acc += qr[j] * wide[j]
+                _put_score(scores, part_max, r, s - s0, acc, scale, seen)
     for r in range(g):  # e = exp(score - max), 16 at a time; hidden slots and negligible ones 0
         row = scores[r, :n]
         if part_max[r] == -np.inf:
@@ -81,24 +126,43 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
 def attend_values(v, s0, s1, scores, factor, part_acc, half):
     """part_acc[r] [hd_v] = the sum over slots s0..s1 of probability * v[s], the probability
     being attend_scores's e times factor[r] (normalize_parts), rounded to f16 if half.
-    v [m, hd_v] float32 or uint16 f16 bits."""
+    v [m, hd_v] float32 or uint16 f16 bits.
+
+    Slots go VALUES_AT_ONCE at a time: their values widened once into float32 (a slot no query
+    weighs, hidden or past s1, as zeros), then each output row takes their eight products in one
+    pass over hd_v, rather than being read and written once per slot."""
     g, hd_v = part_acc.shape
     part_acc[:, :] = 0.0
-    value = np.empty(hd_v, np.float32)  # the slot's value widened once for the g queries
-    for s in range(s0, s1):
-        widened = False
-        for r in range(g):
-            e = scores[r, s - s0]
-            if e != 0.0:
-                if not widened:
-                    for j in range(hd_v):
-                        value[j] = to_f32(v[s, j])
-                    widened = True
+    values = np.empty((VALUES_AT_ONCE, hd_v), np.float32)
+    probs = np.empty((g, VALUES_AT_ONCE), np.float32)
+    v0, v1, v2, v3 = values[0], values[1], values[2], values[3]
+    v4, v5, v6, v7 = values[4], values[5], values[6], values[7]
+    for b0 in range(s0, s1, VALUES_AT_ONCE):
+        any_used = False
+        for t in range(VALUES_AT_ONCE):
+            used = False
+            for r in range(g):
+                e = scores[r, b0 + t - s0] if b0 + t < s1 else np.float32(0.0)
                 prob = e * factor[r]
                 if half:
                     prob = round_f16(prob)
+                probs[r, t] = prob
+                used |= e != 0.0
+            if used:
                 for j in range(hd_v):
-                    part_acc[r, j] += prob * value[j]
+                    values[t, j] = to_f32(v[b0 + t, j])
+            else:
+                values[t, :] = 0.0
+            any_used |= used
+        if not any_used:
+            continue
+        for r in range(g):
+            p0, p1, p2, p3 = probs[r, 0], probs[r, 1], probs[r, 2], probs[r, 3]
+            p4, p5, p6, p7 = probs[r, 4], probs[r, 5], probs[r, 6], probs[r, 7]
+            row = part_acc[r]
+            for j in range(hd_v):
+                row[j] += (((p0 * v0[j] + p1 * v1[j]) + (p2 * v2[j] + p3 * v3[j]))
+                           + ((p4 * v4[j] + p5 * v5[j]) + (p6 * v6[j] + p7 * v7[j])))
 
 
 @njit(cache=True, nogil=True)
