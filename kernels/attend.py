@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import exp_inplace, round_f16, to_f32
+from .simd import dots_in_order, exp_inplace, round_f16, to_f32
 
 # A chunk whose max is this far below the overall max weighs less than float32 resolution: it
 # is skipped (exp_inplace makes such scores 0 within a chunk).
@@ -69,49 +69,32 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
     scores: float32 [g, >= s1 - s0].
 
     Keys go KEYS_AT_ONCE at a time: widened once into float32, then each query's dots with all
-    four in one loop over hd (one load of the query for four keys; each dot in the same order as
-    alone). A hidden slot among them is computed and dropped: its sum is its own. A last block
-    of fewer slots, or one with no visible slot, goes a slot at a time."""
+    of them in one pass (simd.dots_in_order: one load of the query for four keys, each dot in
+    the same order on every CPU). A hidden slot among them is computed and dropped; a block with
+    no visible slot is skipped."""
     g, hd = q.shape
     n = s1 - s0
     part_max[:] = -np.inf
     keys = np.empty((KEYS_AT_ONCE, hd), np.float32)
+    dots = np.empty(KEYS_AT_ONCE, np.float32)
     for b0 in range(s0, s1, KEYS_AT_ONCE):
-        seen0, seen1 = _visible(k_pos[b0], p, window), b0 + 1 < s1 and _visible(k_pos[b0 + 1], p, window)
-        seen2, seen3 = b0 + 2 < s1 and _visible(k_pos[b0 + 2], p, window), b0 + 3 < s1 and _visible(k_pos[b0 + 3], p, window)
-        if b0 + KEYS_AT_ONCE <= s1 and (seen0 or seen1 or seen2 or seen3):
-            for t in range(KEYS_AT_ONCE):
-                kt, wide = k[b0 + t], keys[t]
-                for j in range(hd):
-                    wide[j] = to_f32(kt[j])
-            k0, k1, k2, k3 = keys[0], keys[1], keys[2], keys[3]
+        b1 = min(s1, b0 + KEYS_AT_ONCE)
+        any_seen = False
+        for s in range(b0, b1):
+            any_seen |= _visible(k_pos[s], p, window)
+        if not any_seen:
             for r in range(g):
-                qr = q[r]
-                a0 = a1 = a2 = a3 = np.float32(0.0)
-                for j in range(hd):
-                    x = qr[j]
-                    a0 += x * k0[j]
-                    a1 += x * k1[j]
-                    a2 += x * k2[j]
-                    a3 += x * k3[j]
-                _put_score(scores, part_max, r, b0 - s0, a0, scale, seen0)
-                _put_score(scores, part_max, r, b0 + 1 - s0, a1, scale, seen1)
-                _put_score(scores, part_max, r, b0 + 2 - s0, a2, scale, seen2)
-                _put_score(scores, part_max, r, b0 + 3 - s0, a3, scale, seen3)
+                for s in range(b0, b1):
+                    scores[r, s - s0] = -np.inf
             continue
-        for s in range(b0, min(s1, b0 + KEYS_AT_ONCE)):
-            seen = _visible(k_pos[s], p, window)
-            if seen:
-                kt, wide = k[s], keys[0]
-                for j in range(hd):
-                    wide[j] = to_f32(kt[j])
-            for r in range(g):
-                acc = np.float32(0.0)
-                if seen:
-                    qr, wide = q[r], keys[0]
-                    for j in range(hd):
-                        acc += qr[j] * wide[j]
-                _put_score(scores, part_max, r, s - s0, acc, scale, seen)
+        for s in range(b0, b1):
+            kt, wide = k[s], keys[s - b0]
+            for j in range(hd):
+                wide[j] = to_f32(kt[j])
+        for r in range(g):
+            dots_in_order(q[r], keys[: b1 - b0], dots)
+            for s in range(b0, b1):
+                _put_score(scores, part_max, r, s - s0, dots[s - b0], scale, _visible(k_pos[s], p, window))
     for r in range(g):  # e = exp(score - max), 16 at a time; hidden slots and negligible ones 0
         row = scores[r, :n]
         if part_max[r] == -np.inf:

@@ -848,3 +848,49 @@ def exp_inplace(typingctx, a):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# --- float dot products in a fixed order ---------------------------------------------------------
+DOT_LANES = 8  # partial sums of a dot (an AVX2 register; on AVX-512 LLVM keeps them one)
+DOTS_AT_ONCE = 4  # rows of b whose dots with a share each load of a
+
+
+@intrinsic
+def dots_in_order(typingctx, a, b, out):
+    """out[i] = a . b[i] for every row of b (float32: a [n], b [rows, n] C order, out [rows]),
+    the same bits on every CPU: each dot keeps DOT_LANES partial sums, lane l of values l, l + 8,
+    ... in order (multiplies contracted into FMAs), reduced by halving, then the values past the
+    last multiple of 8 added in order. A loop that fast-math lets LLVM reassociate sums in the
+    order its vector width and target choose: a decode attention's scores differed between AVX2
+    and AVX-512 machines, and with them which of two near-tied tokens a greedy decode took.
+    Rows go DOTS_AT_ONCE at a time (one load of a for each)."""
+    sig = types.void(a, b, out)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args, ("a", "rows_b", "out"))
+        bld = builder
+        n, rows = e.shape(0), e.shape(1, 0)
+        full = e.mul(bld.udiv(n, ir.Constant(I64, DOT_LANES)), DOT_LANES)
+
+        def dots(first, count):
+            accs = [cgutils.alloca_once_value(bld, e.const(F32, DOT_LANES, 0.0)) for _ in range(count)]
+            rows_at = [e.gep(e.rows_b, bld.mul(e.add(first, i), n)) for i in range(count)]
+            with cgutils.for_range(bld, bld.udiv(n, ir.Constant(I64, DOT_LANES))) as loop:
+                j = e.mul(loop.index, DOT_LANES)
+                x = e.floats(e.a, j, DOT_LANES)
+                for acc, row in zip(accs, rows_at):
+                    bld.store(e.fma(x, e.floats(row, j, DOT_LANES), bld.load(acc)), acc)
+            for i, (acc, row) in enumerate(zip(accs, rows_at)):
+                total = cgutils.alloca_once_value(bld, e.reduce(bld.load(acc)))
+                with cgutils.for_range_slice(bld, full, n, ir.Constant(I64, 1)) as (j, _):
+                    bld.store(e.fma(e.scalar(e.a, j), e.scalar(row, j), bld.load(total)), total)
+                bld.store(bld.load(total), e.gep(e.out, e.add(first, i)))
+
+        groups = bld.udiv(rows, ir.Constant(I64, DOTS_AT_ONCE))
+        with cgutils.for_range(bld, groups) as loop:
+            dots(e.mul(loop.index, DOTS_AT_ONCE), DOTS_AT_ONCE)
+        with cgutils.for_range_slice(bld, e.mul(groups, DOTS_AT_ONCE), rows, ir.Constant(I64, 1)) as (r, _):
+            dots(r, 1)
+        return context.get_dummy_value()
+
+    return sig, outlined("dots_in_order", codegen)
