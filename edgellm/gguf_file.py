@@ -20,7 +20,7 @@ import mmap
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -85,6 +85,13 @@ class Tensor:
     shape: tuple[int, ...]
     ggml_type: GGMLQuantizationType
     data: np.ndarray  # uint8 [rows, row_bytes], read-only view into the mmap
+    file: GGUFFile | None = field(default=None, repr=False, compare=False)
+
+    def release_pages(self, part: np.ndarray) -> None:
+        """part (a view of data) has been copied out: drop its pages from this process's resident
+        memory (the file's release_pages); a read faults them back in."""
+        if self.file is not None:
+            self.file.release_pages(part)
 
     @property
     def n_cols(self) -> int:
@@ -315,6 +322,7 @@ class GGUFFile:
                 self._mmap.madvise(mmap.MADV_HUGEPAGE)
             except OSError:  # a kernel without THP
                 pass
+        self._base = np.frombuffer(self._mmap, np.uint8)  # where the mapping starts (release_pages)
         self._parse(memoryview(self._mmap))
 
     def _parse(self, buf: memoryview) -> None:
@@ -397,7 +405,19 @@ class GGUFFile:
                 f"ends past the end of the file ({self.file_size} bytes)"
             )
         data = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=start)
-        return Tensor(name, tuple(reversed(ne)), qtype, data.reshape(n_rows, row_bytes))
+        return Tensor(name, tuple(reversed(ne)), qtype, data.reshape(n_rows, row_bytes), self)
+
+    def release_pages(self, part: np.ndarray) -> None:
+        """Drop the mapped pages that lie wholly inside part (a view into this file) from this
+        process's resident memory (MADV_DONTNEED: the page cache keeps them, a read faults them
+        back): for bytes copied out, such as weights repacked at load. Anything else is ignored."""
+        base = self._base.ctypes.data
+        first, last = part.ctypes.data - base, part.ctypes.data + part.nbytes - base
+        if part.nbytes == 0 or first < 0 or last > self.file_size or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start, end = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE, last // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start:
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def release_header(self) -> None:
         """Drop the header's pages (metadata and tensor infos; mostly a vocabulary, ~5 MiB for

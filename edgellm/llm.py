@@ -22,6 +22,7 @@ from edgellm.default_model import default_model_path
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
 from edgellm.kernels import set_num_threads, team
+from edgellm.kernels.dispatch import load_repack_code
 from edgellm.kernels.footprint import release_linking_modules
 from edgellm.kv_cache import KVCache
 from edgellm.models import ARCHITECTURES
@@ -181,9 +182,11 @@ class LLM:
         self._kernels_ready = True
         self._warm_up(token, dry=not compiling)
         team.load_team_code()
+        load_repack_code()
         release_linking_modules()
         release_library_pages()
         trim_heap()
+        self.model.repack_weights()  # after the compiler's pages have gone: never resident together
 
     def _warm_up(self, token: int, dry: bool) -> None:
         """A batch long enough for the prefill paths (the parallel element-wise loops start at

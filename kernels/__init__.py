@@ -9,6 +9,9 @@ feature, n_cols values) and its ggml type as an int (`ggml_types.GGMLQuantizatio
     matmul_group(x, [Weight(data, ggml_type, n_cols), ...]) -> [x @ W.T, ...]  (one parallel job)
     WeightGroup([Weight, ...]).matmul(x)        the same, laid out once for repeated calls
 
+A Weight copies its rows into memory of its own, the legacy types' (Q4_0, Q4_1, Q5_0, Q5_1,
+Q8_0) repacked 8 rows at a time for the decode kernels (interleave.py).
+
 Threads (set_num_threads): a decode team (team.py), numba's parallel loops and a pool of
 prefill workers around single-threaded BLAS.
 """

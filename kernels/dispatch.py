@@ -2,8 +2,10 @@
 
 A weight is raw GGUF bytes, data: uint8 [rows, row_bytes], one row per output feature holding
 n_cols values in blocks (ggml_types.GGML_QUANT_SIZES: values and bytes per block). The block formats
-live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py (decode), gemm.py
-(prefill) and sparse.py (2:4 weights); this file chooses between them and posts their jobs:
+live in floats.py, legacy.py and kquants.py; the integer kernels in simd.py and interleave.py
+(decode), gemm.py (prefill) and sparse.py (2:4 weights); this file chooses between them and posts
+their jobs. A Weight holds its rows in memory of its own, a legacy type's (Q4_0, Q4_1, Q5_0, Q5_1,
+Q8_0) repacked 8 at a time (interleave.py): what the kernels multiply and look rows up in.
 
     dequantize_row  one row of any type -> float32 [n_cols] (the type switch), for dequantize();
                     get_rows() (embedding lookups) and float rows in prefill call a kernel per
@@ -32,6 +34,7 @@ compilation per kernel. Numba caches the machine code on disk: the first run com
 from __future__ import annotations
 
 import functools
+import mmap
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +51,10 @@ from .kquants import (
 from . import jobs
 from . import sparse as sparse_kernels
 from .gemm import GROUP_ROWS
+from .interleave import INTERLEAVED_TYPES, LAYOUTS, ROWS, ROWS_PAD, dequantize_row_x8, layout_args, repack_rows
 from .matvec import f16_table, quantize_into_8, quantize_into_8k, quantize_into_16
 from .norm import rms_norm, rms_norm_rows
-from .team import team
+from .team import in_dry_run, team
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
     dequantize_block_q5_1, dequantize_block_q8_0,
@@ -186,6 +190,12 @@ _ROWS_SERIAL = {Q8_0: _rows_q8_0, Q4_0: _rows_q4_0, Q4_1: _rows_q4_1, Q5_0: _row
                 Q4_K: _rows_q4_k, Q5_K: _rows_q5_k, Q6_K: _rows_q6_k}
 
 
+@njit(cache=True, nogil=True, fastmath=False)
+def _rows_x8(data, row_ids, lay, zero, out):  # a repacked weight's rows (interleave.py)
+    for i in range(row_ids.shape[0]):
+        dequantize_row_x8(data, row_ids[i], lay, zero, out[i])
+
+
 def dequantize_rows_serial(data, ggml_type, row_ids, out):
     """dequantize_rows on the calling thread, without the GIL: for a few rows (embedding
     lookups) or for one worker's prefill tile."""
@@ -242,25 +252,108 @@ def get_rows(data: np.ndarray, ggml_type: int, n_cols: int, row_ids) -> np.ndarr
     """Rows row_ids (an embedding lookup): float32 [len(row_ids), n_cols], only those rows
     dequantized. Negative ids count from the end, as in numpy."""
     data, ggml_type = _check(data, ggml_type, n_cols)
-    rows = data.shape[0]
-    ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
-    if ids.size and (ids.min() < -rows or ids.max() >= rows):
-        raise IndexError(f"row ids must lie in [-{rows}, {rows}), got {ids.min()}..{ids.max()}")
-    ids = _readonly(np.where(ids < 0, ids + rows, ids))
+    ids = _row_ids(row_ids, data.shape[0])
     out = np.empty((ids.size, n_cols), np.float32)
     dequantize_rows_serial(data, ggml_type, ids, out)  # a few rows: no thread start-up
     return out
 
 
+def _row_ids(row_ids, rows: int) -> np.ndarray:
+    """row_ids as int64 within [0, rows) (negative ones from the end, as in numpy)."""
+    ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < -rows or ids.max() >= rows):
+        raise IndexError(f"row ids must lie in [-{rows}, {rows}), got {ids.min()}..{ids.max()}")
+    return _readonly(np.where(ids < 0, ids + rows, ids))
+
+
 class Weight:
     """A quantized matrix W [rows, n_cols] as the kernels take it, checked once: data uint8
-    [rows, row_bytes] (read-only, usually a view into the mapped file) and its ggml type."""
+    [rows, row_bytes] (read-only) and its ggml type, in memory of its own (2 MiB pages): the
+    legacy types repacked (interleave.py), the others copied as they are. The bytes given go in
+    steps of REPACK_BYTES, each step's source rows then handed to release (if given: a mapped
+    file's pages dropped, so that a model's weights are not resident twice; and since the copy
+    is read instead, a decode step no longer maps the file's 2 MiB pages around a small tensor,
+    neighbours included). defer: not yet; repack() does it, or the first job that multiplies by
+    the weight (a model repacks once the kernels are loaded and the compiler's pages given back,
+    so that the two are never resident together; a dry run's jobs take the bytes as given)."""
 
-    __slots__ = ("data", "ggml_type", "n_cols", "rows")
+    __slots__ = ("data", "ggml_type", "n_cols", "rows", "padded", "repacked", "_release")
 
-    def __init__(self, data: np.ndarray, ggml_type: int, n_cols: int):
-        self.data, self.ggml_type = _check(data, ggml_type, n_cols)
-        self.n_cols, self.rows = n_cols, self.data.shape[0]
+    def __init__(self, data: np.ndarray, ggml_type: int, n_cols: int, release=None, defer: bool = False):
+        data, self.ggml_type = _check(data, ggml_type, n_cols)
+        self.n_cols, self.rows = n_cols, data.shape[0]
+        # padded: the repacked rows with the last group's padding (what numba code that reads
+        # whole groups must be given: a slice of data stops at its end)
+        self.data = self.padded = data
+        self.repacked = False
+        self._release = release
+        if not defer:
+            self.repack()
+
+    def repack(self) -> None:
+        """The rows in memory of their own, the legacy types' repacked (once)."""
+        if self.repacked:
+            return
+        self.padded = _repacked(self.data, self.ggml_type, self._release)
+        self.data, self.repacked = self.padded[: self.rows], True
+        _repacks[0] += 1
+
+    def get_rows(self, row_ids) -> np.ndarray:
+        """Rows row_ids (an embedding lookup in a tied output matrix), as get_rows() on the
+        bytes given."""
+        if self.ggml_type not in INTERLEAVED_TYPES or not self.repacked:
+            return get_rows(self.data, self.ggml_type, self.n_cols, row_ids)
+        ids = _row_ids(row_ids, self.rows)
+        out = np.empty((ids.size, self.n_cols), np.float32)
+        _rows_x8(self.padded, ids, layout_args(self.ggml_type), LAYOUTS[self.ggml_type].zero, out)
+        return out
+
+
+def load_repack_code() -> None:
+    """The repacking and repacked-lookup kernels' machine code in this process now (from the
+    disk cache, or compiled here), as team.load_team_code() for the team's: before a caller
+    gives the compiler's pages back and then repacks a model (Transformer.repack_weights)."""
+    none = _readonly(np.zeros((0, LAYOUTS[Q8_0].block_bytes), np.uint8))
+    repack_rows(none, np.zeros(none.shape, np.uint8), 0, 0, layout_args(Q8_0))
+    _rows_x8(none, _readonly(np.zeros(0, np.int64)), layout_args(Q8_0), 0, np.zeros((0, 32), np.float32))
+
+
+_repacks = [0]  # Weight.repack() calls so far: a WeightGroup laid out before one lays out again
+REPACK_BYTES = 4 << 20  # source bytes repacked between two releases
+
+
+def _repacked(src: np.ndarray, ggml_type: int, release) -> np.ndarray:
+    """src's rows in zeroed memory of their own (read-only): a legacy type's repacked
+    (interleave.py), rows rounded up to ROWS_PAD; another type's copied."""
+    rows, row_bytes = src.shape
+    interleaved = ggml_type in INTERLEAVED_TYPES
+    padded = -(-max(rows, 1) // ROWS_PAD) * ROWS_PAD if interleaved else rows
+    dst = _zeroed_pages(padded * row_bytes).reshape(padded, row_bytes)
+    step = max(ROWS, REPACK_BYTES // max(row_bytes, 1) // ROWS * ROWS)
+    lay = layout_args(ggml_type) if interleaved else None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        if interleaved:
+            repack_rows(src, dst, r0, r1, lay)
+        else:
+            dst[r0:r1] = src[r0:r1]
+        if release is not None:
+            release(src[r0:r1])
+    return _readonly(dst)
+
+
+def _zeroed_pages(nbytes: int) -> np.ndarray:
+    """uint8 [nbytes] of zeroed anonymous memory, in 2 MiB pages where Linux gives them (as the
+    mapped file's: every decode step streams the weights, and 4 KiB pages cost a page walk each,
+    dear in a VM)."""
+    if nbytes < 2 << 20 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.zeros(nbytes, np.uint8)
+    pages = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        pages.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:  # a kernel without THP
+        pass
+    return np.frombuffer(pages, np.uint8)
 
 
 def _readonly_as_is(a: np.ndarray) -> np.ndarray:
@@ -288,11 +381,7 @@ class WeightGroup:
         # More than GROUP weights: several jobs. Fewer: padded with empty weights, so that one
         # compiled job serves every count.
         self.parts = [self.weights[i : i + GROUP] for i in range(0, len(self.weights), GROUP)]
-        self.jobs = []
-        for part in self.parts:
-            pad = GROUP - len(part)
-            self.jobs.append((tuple(w.data for w in part) + (_NO_ROWS,) * pad,
-                              np.array([w.ggml_type for w in part] + [Q8_0] * pad, np.int64), pad))
+        self._laid_out = None  # _repacks[0] when jobs were made, None: not yet or a weight to repack
         # The row dots take 32 values at a time: float rows of other widths go through BLAS.
         self.matvec = n_cols % 32 == 0
         # Many x rows: quantized weights go through the 8-bit GEMM (gemm.py), float ones BLAS.
@@ -303,10 +392,20 @@ class WeightGroup:
         self.next_ranges = None  # the ranges of the group whose mat-vec came after this one's last time
         self._per_n = {}  # (rows of x, normed) -> (scratch bytes, an empty output for the padding)
 
-    @functools.cached_property
-    def ranges(self) -> np.ndarray:
-        """What a worker prefetches for this group's decode mat-vec (_ranges)."""
-        return _ranges([(w.data,) for w in self.weights])
+    def _lay_out(self) -> None:
+        """jobs: per part (data per weight, their type ids, padding) as _fill_weights takes them,
+        and ranges: what a worker prefetches for the part's decode mat-vec (_ranges), from the
+        weights' bytes as they are now. Outside a dry run a weight not yet repacked is first."""
+        if not in_dry_run():
+            for w in self.weights:
+                w.repack()
+        self.jobs = []
+        for part in self.parts:
+            pad = GROUP - len(part)
+            self.jobs.append((tuple(w.data for w in part) + (_NO_ROWS,) * pad,
+                              np.array([w.ggml_type for w in part] + [Q8_0] * pad, np.int64), pad))
+        self.ranges = _ranges([(w.data,) for w in self.weights])
+        self._laid_out = _repacks[0] if all(w.repacked for w in self.weights) else None
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None, norm=None) -> list[np.ndarray]:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones). norm:
@@ -314,6 +413,8 @@ class WeightGroup:
         made where x is quantized for the kernels (the same bits as the two steps apart)."""
         x = _x_rows(x, self.n_cols)
         n = x.shape[0]
+        if self._laid_out != _repacks[0]:
+            self._lay_out()
         if outs is None:
             outs = [np.empty((n, w.rows), np.float32) for w in self.weights]
         if n == 0 or not self.matvec or (n > MATVEC_MAX_ROWS and not self.quantized):
@@ -505,10 +606,12 @@ def _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks):
 @njit(cache=True, nogil=True, inline="always")
 def _item_rows(gemm, rows, row_bytes, n_threads):
     """Rows per work item of a weight: for the GEMM whole panels, several per item if there are
-    many; for a mat-vec at least MIN_ITEM_BYTES of weights, ITEMS_PER_THREAD items a thread."""
+    many; for a mat-vec at least MIN_ITEM_BYTES of weights, ITEMS_PER_THREAD items a thread, in
+    whole groups of a repacked weight's ROWS rows."""
     if gemm:
         return GROUP_ROWS * max(1, -(-rows // (ITEMS_PER_THREAD * n_threads * GROUP_ROWS)))
-    return max(-(-MIN_ITEM_BYTES // max(row_bytes, 1)), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+    item_rows = max(-(-MIN_ITEM_BYTES // max(row_bytes, 1)), -(-rows // (ITEMS_PER_THREAD * n_threads)))
+    return -(-item_rows // ROWS) * ROWS
 
 
 @njit(cache=True, nogil=True)

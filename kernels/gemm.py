@@ -13,7 +13,9 @@ For a group of 8 rows, a panel (scratch, in L1/L2) holds, per 32 values v of a r
     16 vectors of 32 bytes, vector j = [row 0's codes 2j, 2j+1 as int16, row 1's, ..., row 7's]
     the rows' scales, scales of values 16-31 (Q6_K), offsets, offsets of values 16-31: 4 x 8 floats
 
-built once per group (unpacked, widened, then transposes of 32-bit words). Then for every
+built once per group: for the legacy types straight from their 8-row chunks (interleave.py:
+each chunk vector is 8 rows x 4 codes, widened it is two panel vectors), for the K-quants
+unpacked row by row, widened, then transposes of 32-bit words. Then for every
 token and every 32 values, 16 dot-product instructions (VNNI vpdpwssd: 2 int16 x int16 products
 per lane, the token's 2 codes broadcast to all 8 lanes) give the 8 rows' integer dots, and
 
@@ -21,7 +23,8 @@ per lane, the token's 2 codes broadcast to all 8 lanes) give the 8 rows' integer
 
 Tokens go 8 at a time (8 independent accumulators; the panel vectors are loaded once for the 8),
 then one at a time for the rest. unpack_<type> (the only per-type code) and transpose_panel
-build a panel, and panel_times_x multiplies one by a range of tokens.
+(panel_<type> for the legacy types) build a panel, and panel_times_x multiplies one by a range
+of tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import interleave
+from .interleave import LAYOUTS, ROWS
 from .matvec import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from .simd import (
     F32, I8, I16, I32, I64, QUANT_TYPES, SPLIT_PAIRS, VNNI_512, Emitter, idot16, outlined, vec,
@@ -75,12 +80,61 @@ def _code_vectors(e, codes):
     for first in range(0, 16, GROUP_ROWS):  # 16 words per row, GROUP_ROWS at a time
         part = list(range(first, first + GROUP_ROWS))
         out += _transpose(e, [b.shuffle_vector(w, w, e.const(I32, GROUP_ROWS, part)) for w in words])
-    if SPLIT_PAIRS:  # each vector's first codes, then its second codes (simd.idot16)
-        split = list(range(0, 2 * GROUP_ROWS, 2)) + list(range(1, 2 * GROUP_ROWS, 2))
-        v16 = vec(I16, 2 * GROUP_ROWS)
-        out = [b.bitcast(b.shuffle_vector(b.bitcast(v, v16), b.bitcast(v, v16), e.const(I32, 2 * GROUP_ROWS, split)),
-                         vec(I32, GROUP_ROWS)) for v in out]
-    return out
+    return [_split_pairs(e, v) for v in out]
+
+
+def _split_pairs(e, v):
+    """A panel vector as idot16 takes it: as it is on x86; elsewhere (SPLIT_PAIRS) its lanes'
+    first codes, then their second codes."""
+    if not SPLIT_PAIRS:
+        return v
+    b = e.b
+    split = list(range(0, 2 * GROUP_ROWS, 2)) + list(range(1, 2 * GROUP_ROWS, 2))
+    v16 = b.bitcast(v, vec(I16, 2 * GROUP_ROWS))
+    return b.bitcast(b.shuffle_vector(v16, v16, e.const(I32, 2 * GROUP_ROWS, split)), vec(I32, GROUP_ROWS))
+
+
+def _rows_side_by_side(e, parts):
+    """GROUP_ROWS lanes from ROWS-lane vectors of consecutive groups."""
+    if len(parts) == 1:
+        return parts[0]
+    return e.b.shuffle_vector(parts[0], parts[1], e.const(I32, GROUP_ROWS, list(range(GROUP_ROWS))))
+
+
+def _panel_from_chunks(e, lay, n_subs):
+    """The panel of rows r0..r0 + GROUP_ROWS of a repacked weight (interleave.py), block by
+    block from its chunks: each chunk vector (8 rows x codes v0..v0+3) widened to int16 is
+    words (v0, v0+1) and (v0+2, v0+3) of each row: panel vectors v0 / 2 and v0 / 2 + 1. The
+    codes and fields are those the row-by-row unpacking made (simd.Sub): Q8_0's codes w + 128
+    with offset -128 d."""
+    b = e.b
+    row_bytes = e.shape(0, 1)
+    first = b.udiv(e.r0, ir.Constant(I64, ROWS))
+    groups = [e.gep(e.data, b.mul(b.add(first, ir.Constant(I64, i)), e.mul(row_bytes, ROWS)))
+              for i in range(GROUP_ROWS // ROWS)]
+    zeros = e.const(F32, GROUP_ROWS, 0.0)
+    with cgutils.for_range(b, n_subs) as loop:
+        v = loop.index
+        codes, scales, offsets = [], [], []
+        for group in groups:
+            chunk = e.gep(group, e.mul(v, lay.chunk_bytes))
+            chunk_codes = interleave.code_vectors(e, lay, chunk)
+            d, off = interleave.fields(e, lay, chunk)
+            if lay.vectors == 8:  # Q8_0's signed w as the unsigned w + 128
+                chunk_codes = [(v0, b.xor(w, e.const(I8, 32, -128))) for v0, w in chunk_codes]
+                off = e.fmul(d, e.const(F32, ROWS, -128.0))
+            codes.append(chunk_codes)
+            scales.append(d)
+            offsets.append(off)
+        for i, (v0, _) in enumerate(codes[0]):
+            words = [b.bitcast(b.zext(group_codes[i][1], vec(I16, 32)), vec(I32, 16)) for group_codes in codes]
+            for half in range(2):  # even words: codes v0, v0 + 1 of each row; odd: v0 + 2, v0 + 3
+                lanes = [b.shuffle_vector(w, w, e.const(I32, ROWS, list(range(half, 16, 2)))) for w in words]
+                panel_vector = _split_pairs(e, _rows_side_by_side(e, lanes))
+                b.store(panel_vector, _panel_ptr(e, v, VECTOR_BYTES * (v0 // 2 + half), vec(I32, GROUP_ROWS)), align=4)
+        scale = _rows_side_by_side(e, scales)
+        for k, value in enumerate((scale, scale, _rows_side_by_side(e, offsets), zeros)):
+            b.store(value, _panel_ptr(e, v, FIELDS_AT + VECTOR_BYTES * k, vec(F32, GROUP_ROWS)), align=4)
 
 
 def _panel_ptr(e, sub, offset, t):
@@ -207,6 +261,24 @@ def _unpack(qt):
     return intrinsic(generic)
 
 
+def _panel_x8(lay):
+    """panel_<type>(data, r0, panel): the panel of rows r0..r0 + GROUP_ROWS (r0 a multiple of
+    GROUP_ROWS) of a repacked weight data uint8 [rows, row_bytes] (interleave.py; its padding
+    rows read as they are: zeros)."""
+
+    def generic(typingctx, data, r0, panel):
+        sig = types.void(data, r0, panel)
+
+        def codegen(context, builder, signature, args):
+            e = Emitter(context, builder, signature, args, ("data", "r0", "panel"))
+            n_subs = builder.udiv(e.shape(0, 1), ir.Constant(I64, lay.block_bytes))
+            _panel_from_chunks(e, lay, n_subs)
+
+        return sig, outlined(f"panel_{lay.name}", codegen)
+
+    return intrinsic(generic)
+
+
 @intrinsic
 def transpose_panel(typingctx, codes, fields, panel):
     """transpose_panel(codes, fields, panel): a panel from unpack_<type>'s buffers."""
@@ -243,8 +315,9 @@ def _panel_times_x(halves):
     return intrinsic(generic)
 
 
-unpack_q8_0, unpack_q4_0, unpack_q4_1, unpack_q5_0, unpack_q5_1, unpack_q4_k, unpack_q5_k, unpack_q6_k = (
-    _unpack(QUANT_TYPES[name]) for name in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"))
+unpack_q4_k, unpack_q5_k, unpack_q6_k = (_unpack(QUANT_TYPES[name]) for name in ("q4_k", "q5_k", "q6_k"))
+panel_q4_0, panel_q4_1, panel_q5_0, panel_q5_1, panel_q8_0 = (
+    _panel_x8(LAYOUTS[t]) for t in (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0))
 panel_times_x = _panel_times_x(False)
 panel_times_x_halves = _panel_times_x(True)  # Q6_K: a scale per 16 values
 
@@ -255,23 +328,27 @@ TOKEN_BLOCK = 64
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _unpack_any(data, ggml_type, r0, f16, codes, fields):
+def _panel_any(data, ggml_type, r0, f16, codes, fields, panel):
+    """The panel of rows r0.. of data: the legacy types' from their chunks, the K-quants' through
+    codes and fields (unpacked row by row, then transposed)."""
     if ggml_type == Q8_0:
-        unpack_q8_0(data, r0, f16, codes, fields)
+        panel_q8_0(data, r0, panel)
     elif ggml_type == Q4_0:
-        unpack_q4_0(data, r0, f16, codes, fields)
+        panel_q4_0(data, r0, panel)
     elif ggml_type == Q4_1:
-        unpack_q4_1(data, r0, f16, codes, fields)
+        panel_q4_1(data, r0, panel)
     elif ggml_type == Q5_0:
-        unpack_q5_0(data, r0, f16, codes, fields)
+        panel_q5_0(data, r0, panel)
     elif ggml_type == Q5_1:
-        unpack_q5_1(data, r0, f16, codes, fields)
-    elif ggml_type == Q4_K:
-        unpack_q4_k(data, r0, f16, codes, fields)
-    elif ggml_type == Q5_K:
-        unpack_q5_k(data, r0, f16, codes, fields)
-    elif ggml_type == Q6_K:
-        unpack_q6_k(data, r0, f16, codes, fields)
+        panel_q5_1(data, r0, panel)
+    else:
+        if ggml_type == Q4_K:
+            unpack_q4_k(data, r0, f16, codes, fields)
+        elif ggml_type == Q5_K:
+            unpack_q5_k(data, r0, f16, codes, fields)
+        elif ggml_type == Q6_K:
+            unpack_q6_k(data, r0, f16, codes, fields)
+        transpose_panel(codes, fields, panel)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -291,13 +368,13 @@ def panels_times_x(panels, start, rows, xq, xd, xs32, xs16, out, halves):
 @njit(cache=True, nogil=True, inline="always")
 def gemm_rows(data, ggml_type, xq, xd, xs32, xs16, f16, out, start, stop):
     """out[:, start:stop] = x @ W[start:stop].T for x quantized to 16 bits (quantize_x16: xq,
-    xd, xs32, xs16 [n, ...]); start a multiple of GROUP_ROWS. One work item of a team job
-    (jobs.GEMM): the item's panels first, then tokens TOKEN_BLOCK at a time against each."""
+    xd, xs32, xs16 [n, ...]); start a multiple of GROUP_ROWS; the legacy types repacked
+    (interleave.py). One work item of a team job (jobs.GEMM): the item's panels first, then
+    tokens TOKEN_BLOCK at a time against each."""
     n_cols = xq.shape[1]
     panels = np.empty((-(-(stop - start) // GROUP_ROWS), (n_cols // 32) * PANEL_SUB_BYTES), np.uint8)
     codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
     fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
     for p in range(panels.shape[0]):
-        _unpack_any(data, ggml_type, start + GROUP_ROWS * p, f16, codes, fields)
-        transpose_panel(codes, fields, panels[p])
+        _panel_any(data, ggml_type, start + GROUP_ROWS * p, f16, codes, fields, panels[p])
     panels_times_x(panels, start, data.shape[0], xq, xd, xs32, xs16, out, ggml_type == Q6_K)

@@ -1,9 +1,10 @@
 """Decode: y = W @ x for a few x rows, one pass over the quantized bytes of W.
 
-Every type goes through its explicit-SIMD row dot in simd.py, the quantized ones against x
-quantized to 8 bits once per mat-vec (quantize_x); `matvec_rows` runs a range of rows, the work
-item that the thread team (team.py) hands out, several weights' rows (Q, K and V; gate and up)
-in one job.
+Every type goes through explicit SIMD code, the quantized ones against x quantized to 8 bits
+once per mat-vec (quantize_x): the legacy types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) repacked 8 rows
+at a time (interleave.py), the K-quants and float types row by row (simd.py). `matvec_rows` runs
+a range of rows, the work item that the thread team (team.py) hands out, several weights' rows
+(Q, K and V; gate and up) in one job.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .interleave import rows_x8_q4_0, rows_x8_q4_1, rows_x8_q5_0, rows_x8_q5_1, rows_x8_q8_0
 from .simd import (
-    quantize_row_8, quantize_row_8k, quantize_row_16, rows_bf16, rows_f16, rows_f32, rows_q4_0, rows_q4_1, rows_q4_k, rows_q5_0,
-    rows_q5_1, rows_q5_k, rows_q6_k, rows_q8_0,
+    quantize_row_8, quantize_row_8k, quantize_row_16, rows_bf16, rows_f16, rows_f32, rows_q4_k, rows_q5_k, rows_q6_k,
 )
 
 # Same ints as in dispatch.py (gguf.GGMLQuantizationType).
@@ -73,18 +74,19 @@ def quantize_x16(x: np.ndarray):
 @njit(cache=True, nogil=True, inline="always")
 def matvec_rows(data, ggml_type, x, xq, xd, xs32, xs16, f16, out, start, stop):
     """out[k, r] = row r of data (of ggml_type) . x[k] for rows start..stop: one work item of a
-    team job (jobs.py). data uint8 [rows, row_bytes]; x float32 [n, n_cols] and its quantized
-    form (quantize_into_8); out float32 [n, rows]."""
+    team job (jobs.py). data uint8 [rows, row_bytes] (the legacy types repacked: interleave.py,
+    start a multiple of its ROWS); x float32 [n, n_cols] and its quantized form
+    (quantize_into_8); out float32 [n, rows]."""
     if ggml_type == Q8_0:
-        rows_q8_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+        rows_x8_q8_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
     elif ggml_type == Q4_0:
-        rows_q4_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+        rows_x8_q4_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
     elif ggml_type == Q4_1:
-        rows_q4_1(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+        rows_x8_q4_1(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
     elif ggml_type == Q5_0:
-        rows_q5_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+        rows_x8_q5_0(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
     elif ggml_type == Q5_1:
-        rows_q5_1(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
+        rows_x8_q5_1(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
     elif ggml_type == Q4_K:
         rows_q4_k(data, x, xq, xd, xs32, xs16, f16, out, start, stop)
     elif ggml_type == Q5_K:

@@ -1,4 +1,6 @@
-"""Row dot products written as explicit LLVM vector code: one quantized row . x in one pass.
+"""Row dot products written as explicit LLVM vector code: one quantized row . x in one pass (the
+K-quants and float types; the legacy types go 8 rows at a time, interleave.py, on the helpers
+here).
 
 Numba hands loops to LLVM's vectorizers, which do well on long loops and badly on the 16- and
 32-value loops inside quantized blocks: it either unrolls them into scalar code or vectorizes the
@@ -9,23 +11,21 @@ Quantized rows meet x quantized to 8 bits, once per mat-vec (matvec.quantize_x),
 does: xq int8 [n_cols] and xd float32 [n_cols / 32], one scale per 32 values (x ~ xq * xd; for
 K-quant weights llama.cpp's Q8_K blocks, one scale per 256 repeated in its 8 slots), and
 xs32 / xs16, the sums of xq * xd over each 32 / 16 values. Per 32 weights, the block's unsigned
-integer codes u (nibbles; 5- and 6-bit codes; w + 128 for Q8_0) dot xq in the integer unit: 8
-int32 lanes of 4 products each (AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then
-vpmaddwd by ones; ARM with the dot product extension: two sdot; elsewhere plain vector integer
-math for LLVM to lower, which took 4-5x the instructions of the AVX2 path on x86 and 3.5-4.6x
-those of sdot on AArch64). Q8_0's w + 128 would overflow vpmaddubsw's int16 sums and is no
-signed byte for sdot, so there its signed codes w go in and 128 . xq is added: the same lanes.
-Every path computes the same lanes and the same float arithmetic after them, in the same order
-(IN_ORDER): the same products on every x86 CPU and on ARM (tests/test_kernels.py). The lanes
-become floats once per block and are scaled by d_w * xd into a float accumulator. A block's
-offset or minimum never touches the lanes:
+integer codes u (nibbles; 5- and 6-bit codes) dot xq in the integer unit: 8 int32 lanes of 4
+products each (idot: AVX-512 VNNI / AVX-VNNI: one vpdpbusd; AVX2: vpmaddubsw, then vpmaddwd by
+ones; ARM with the dot product extension: two sdot; elsewhere plain vector integer math for
+LLVM to lower, which took 4-5x the instructions of the AVX2 path on x86 and 3.5-4.6x those of
+sdot on AArch64). Every path computes the same lanes and the same float arithmetic after them,
+in the same order (IN_ORDER): the same products on every x86 CPU and on ARM
+(tests/test_kernels.py). The lanes become floats once per block and are scaled by d_w * xd into
+a float accumulator. A block's offset or minimum never touches the lanes:
 
     sum_j d (u_j - z) xq_j xd  =  d xd sum_j u_j xq_j  -  d z xs32
 
-so -z (Q4_0's 8, Q5_0's 16, Q6_K's 32, Q8_0's 128) or the minimum multiplies xs32 / xs16 in a
-scalar accumulator. Each type says how its blocks unpack into codes, scales and offsets once
-(QUANT_TYPES: Sub); the decode row dots here and the prefill GEMM (gemm.py) share that. Float
-rows (F32, F16, BF16) take float32 x and 32 float lanes.
+so -z (Q6_K's 32) or the minimum multiplies xs32 / xs16 in its own accumulator. Each type says
+how its blocks unpack into codes, scales and offsets once (QUANT_TYPES: Sub); the decode row
+dots here and the prefill GEMM (gemm.py) share that. Float rows (F32, F16, BF16) take float32 x
+and 32 float lanes.
 
 Each intrinsic is `rows_<type>(data, x, xq, xd, xs32, xs16, f16, out, start, stop)`: rows
 start..stop of data uint8 [rows, row_bytes] times each x row; xq/xd/xs32/xs16 as above; f16 the
@@ -217,7 +217,7 @@ def idot(e, u, q, acc=None):
     """<8 x i32>: acc + (lane i = sum over j < 4 of u[4i + j] * q[4i + j]), for u <32 x i8>
     unsigned codes and q <32 x i8> signed (|q| <= 127): exact, no overflow. Without VNNI, u
     must stay below 129 (AVX2's vpmaddubsw sums two products in int16), with DOTPROD below 128
-    (sdot's bytes are signed: there u may be any signed byte instead); Q8_0 takes idot_q8_0."""
+    (sdot's bytes are signed: there u may be any signed byte instead; signed codes: idot_signed)."""
     b = e.b
     acc = acc if acc is not None else e.const(I32, 8, 0)
     if DOTPROD:  # sdot: 4 int32 lanes of 4 signed byte products per 16 bytes, the same lanes
@@ -253,31 +253,6 @@ def idot_signed(e, w, q, acc=None):
         return idot(e, magnitude, sign, acc)
     flip = e.const(I8, 32, -128)
     return b.sub(idot(e, b.xor(w, flip), q, acc), idot(e, flip, q))
-
-
-Q8_0_SPLIT = AVX2 and not VNNI or DOTPROD  # Q8_0's u . q as w . q + 128 . q (idot_q8_0)
-
-
-def idot_q8_0(e, sub, q, v):
-    """idot of Q8_0's u = w + 128 (0..255) against q (x's 32 values v), the same int32 lanes on
-    every CPU, so that the float arithmetic after them, and the logits, are the same too: VNNI's
-    vpdpbusd and the plain integer math take u as it is; AVX2, whose vpmaddubsw would saturate
-    on u . q, and ARM's sdot, whose bytes are signed, add 128 . q (e.q128[v], made once per
-    call: _q128) to the exact w . q."""
-    if Q8_0_SPLIT:
-        return e.b.add(idot_signed(e, sub.w, q), e.b.load(e.gep(e.q128, v), align=4))
-    return idot(e, sub.u, q)
-
-
-def _q128(e, n, blocks):
-    """<8 x i32> [n * blocks] on the stack: idot of 128 by each x row's 32 values (idot_q8_0)."""
-    b = e.b
-    out = b.alloca(vec(I32, ILANES), size=b.mul(n, blocks))
-    with cgutils.for_range(b, b.mul(n, blocks)) as loop:
-        q = b.load(b.bitcast(e.gep(e.xq, e.mul(loop.index, 32)), vec(I8, 32).as_pointer()), align=1)
-        lanes = idot(e, e.const(I8, 32, -128), q)  # the byte 0x80: 128 to AVX2, -128 to sdot
-        b.store(b.neg(lanes) if DOTPROD else lanes, e.gep(out, loop.index), align=4)
-    return out
 
 
 def _sum_pairs(e, pairs):
@@ -334,63 +309,18 @@ class Sub:
 
     u: <32 x i8> unsigned codes; scale, off: float. Q6_K scales each 16 on its own: scale_hi
     and off_hi (not None) are those of values 16-31, and off then goes with the sum of x over
-    values 0-15 only. w (Q8_0): the signed codes u - 128, from which the decode dot makes u's
-    lanes where the CPU has no unsigned x signed byte dot that fits u (idot_q8_0)."""
+    values 0-15 only."""
     u: ir.Value
     scale: ir.Value
     off: ir.Value | None = None
     scale_hi: ir.Value | None = None
     off_hi: ir.Value | None = None
-    w: ir.Value | None = None
 
 
 def _nibbles(e, q):
     """<n x i8> -> (low nibbles, high nibbles) as <n x i8>."""
     n = q.type.count
     return e.b.and_(q, e.const(I8, n, 15)), e.b.lshr(q, e.const(I8, n, 4))
-
-
-def _join(e, lo, hi):
-    """Two <16 x i8> as one <32 x i8>: lo's values first."""
-    return e.b.shuffle_vector(lo, hi, e.const(I32, 32, list(range(32))))
-
-
-def _fifth_bits(e, qh):
-    """<32 x i8>: 16 where bit j of the i32 qh is set, else 0 (a mask register on AVX-512;
-    elsewhere each byte tests its bit in its byte of qh: ARM has no mask registers, and LLVM
-    took the 32 bits out one at a time, 100 of a Q5_0 block's 140 AArch64 instructions)."""
-    if not X86:
-        b = e.b
-        qh_bytes = b.bitcast(qh, vec(I8, 4))
-        spread = b.shuffle_vector(qh_bytes, qh_bytes, e.const(I32, 32, [j // 8 for j in range(32)]))
-        bits = b.and_(spread, e.const(I8, 32, [1 << (j % 8) for j in range(32)]))
-        mask = b.icmp_unsigned("!=", bits, e.const(I8, 32, 0))
-        return b.select(mask, e.const(I8, 32, 16), e.const(I8, 32, 0))
-    mask = e.b.bitcast(qh, vec(ir.IntType(1), 32))
-    return e.b.select(mask, e.const(I8, 32, 16), e.const(I8, 32, 0))
-
-
-def _q8_0(e, base):  # 34 bytes: d f16 | w i8[32]; u = w + 128 (the sign bit flipped)
-    w = e.bytes_at(base, 2, 32)
-    d = e.half_at(base, 0)
-    return [Sub(e.b.xor(w, e.const(I8, 32, -128)), d, e.fmul(d, ir.Constant(F32, -128.0)), w=w)]
-
-
-def _legacy(qs_at, qh_at=None, m_at=None, zero=0.0):
-    """Q4_0, Q4_1, Q5_0, Q5_1: d f16 at 0 (| m f16 at m_at) (| qh u32 at qh_at) | qs u8[16] at
-    qs_at; value j is the low nibble of qs[j], value j + 16 the high one (bit 4: bit j of qh);
-    x = d * (u - zero) (+ m)."""
-
-    def subs(e, base):
-        d = e.half_at(base, 0)
-        lo, hi = _nibbles(e, e.bytes_at(base, qs_at, 16))
-        u = _join(e, lo, hi)
-        if qh_at is not None:
-            u = e.b.or_(u, _fifth_bits(e, e.uint_at(base, qh_at, I32)))
-        off = e.half_at(base, m_at) if m_at is not None else e.fmul(d, ir.Constant(F32, -zero))
-        return [Sub(u, d, off)]
-
-    return subs
 
 
 def _scale_min_k4(e, base, s):
@@ -498,23 +428,10 @@ class QuantType:
 
 
 QUANT_TYPES = {
-    "q8_0": QuantType("q8_0", 32, 34, _q8_0),
-    "q4_0": QuantType("q4_0", 32, 18, _legacy(qs_at=2, zero=8.0)),
-    "q4_1": QuantType("q4_1", 32, 20, _legacy(qs_at=4, m_at=2)),
-    "q5_0": QuantType("q5_0", 32, 22, _legacy(qs_at=6, qh_at=2, zero=16.0)),
-    "q5_1": QuantType("q5_1", 32, 24, _legacy(qs_at=8, qh_at=4, m_at=2)),
     "q4_k": QuantType("q4_k", 256, 144, _k4(qs_at=16), fields=_k4_fields),
     "q5_k": QuantType("q5_k", 256, 176, _k4(qs_at=48, qh_at=16), fields=_k4_fields),
     "q6_k": QuantType("q6_k", 256, 210, _q6_k, halves=True, fields=_q6_k_fields),
 }
-
-
-def lane_scales(e, sub, x_scale):
-    """<8 x float>: the float factor of each of idot's 8 lanes (lanes 0-3 are values 0-15)."""
-    if sub.scale_hi is None:
-        return e.splat(e.fmul(sub.scale, x_scale), ILANES)
-    lo, hi = e.splat(e.fmul(sub.scale, x_scale), 4), e.splat(e.fmul(sub.scale_hi, x_scale), 4)
-    return e.b.shuffle_vector(lo, hi, e.const(I32, ILANES, list(range(8))))
 
 
 # --- decode: rows . x ------------------------------------------------------------------------------
@@ -528,40 +445,18 @@ def _xq(e, v):
 
 
 def _dot_quant(e, qt: QuantType, n_cols):
-    """e.row . x for a quantized type (e's x pointers at one x row): per Sub, 8 int32 lanes of
-    u . xq, as floats times scale * xd into one of two accumulators (two FMA chains), the
-    offsets times the sums of x into two scalar ones. Blocks of 32 go two per step."""
+    """e.row . x for a K-quant type (e's x pointers at one x row): per block its scales times
+    xd and its offsets times the sums of x as vectors of 8 (qt.fields), then per Sub the 8 int32
+    lanes of u . xq, as floats times one lane of the scales spread, into one of two accumulators
+    (two FMA chains); the offsets into their own."""
     builder = e.b
-    per_step = 2 if qt.block_values == 32 else 1
     n_blocks = builder.udiv(n_cols, ir.Constant(I64, qt.block_values))
     accs = [cgutils.alloca_once_value(builder, e.const(F32, ILANES, 0.0)) for _ in range(2)]
-    offs = [cgutils.alloca_once_value(builder, ir.Constant(F32, 0.0)) for _ in range(2)]
     n_fields = qt.block_values // (16 if qt.halves else 32)
     off_lanes = [cgutils.alloca_once_value(builder, e.const(F32, 8, 0.0)) for _ in range(-(-n_fields // 8))]
 
-    def block(b, first_slot):
+    def block(b):
         subs = qt.subs(e, e.mul(b, qt.block_bytes))
-        if qt.fields is not None:
-            _block_fields(b, subs)
-            return
-        for i, sub in enumerate(subs):
-            slot = (first_slot + i) % 2
-            v = e.add(e.mul(b, len(subs)), i)  # this Sub's index among the row's 32s
-            xq = _xq(e, e.mul(v, 32))
-            lanes = e.to_float(idot(e, sub.u, xq) if sub.w is None else idot_q8_0(e, sub, xq, v))
-            scales = lane_scales(e, sub, e.scalar(e.xd, v))
-            builder.store(e.fma(scales, lanes, builder.load(accs[slot])), accs[slot])
-            off = builder.load(offs[slot])
-            if sub.off_hi is not None:
-                off = e.fma(sub.off, e.scalar(e.xs16, e.mul(v, 2)), off)
-                off = e.fma(sub.off_hi, e.scalar(e.xs16, e.add(e.mul(v, 2), 1)), off)
-            elif sub.off is not None:
-                off = e.fma(sub.off, e.scalar(e.xs32, v), off)
-            builder.store(off, offs[slot])
-
-    def _block_fields(b, subs):
-        """A K-quant block: its scales times xd and its offsets times the sums of x as vectors
-        of 8 (qt.fields), then per Sub the integer dot and one lane of the scales spread."""
         scales, offs = qt.fields(e, e.mul(b, qt.block_bytes))
         sums_at = e.xs16 if qt.halves else e.xs32
         scaled = []
@@ -585,21 +480,14 @@ def _dot_quant(e, qt: QuantType, n_cols):
             sub_scales = builder.shuffle_vector(chunk, chunk, e.const(I32, ILANES, spread))
             builder.store(e.fma(sub_scales, lanes, builder.load(accs[i % 2])), accs[i % 2])
 
-    with cgutils.for_range(builder, builder.udiv(n_blocks, ir.Constant(I64, per_step))) as loop:
-        b = e.mul(loop.index, per_step)
-        for line in range(0, per_step * qt.block_bytes, 64):
-            e.prefetch(e.mul(b, qt.block_bytes), PREFETCH_BYTES + line)
-        for k in range(per_step):
-            block(e.add(b, k), k)
-    if per_step == 2:
-        odd = builder.icmp_unsigned("!=", builder.urem(n_blocks, ir.Constant(I64, 2)), ir.Constant(I64, 0))
-        with builder.if_then(odd):
-            block(builder.sub(n_blocks, ir.Constant(I64, 1)), 0)
+    with cgutils.for_range(builder, n_blocks) as loop:
+        for line in range(0, qt.block_bytes, 64):
+            e.prefetch(e.mul(loop.index, qt.block_bytes), PREFETCH_BYTES + line)
+        block(loop.index)
     total = e.reduce(e.fadd(builder.load(accs[0]), builder.load(accs[1])))
-    if qt.fields is not None:
-        for lanes in off_lanes:
-            total = e.fadd(total, e.reduce(builder.load(lanes)))
-    return e.fadd(total, e.fadd(builder.load(offs[0]), builder.load(offs[1])))
+    for lanes in off_lanes:
+        total = e.fadd(total, e.reduce(builder.load(lanes)))
+    return total
 
 
 def _dot_float(block_bytes, widen):
@@ -634,7 +522,6 @@ def _rows(name, dot):
             rows, row_bytes = e.shape(0, 0), e.shape(0, 1)
             n, n_cols = e.shape(1, 0), e.shape(1, 1)
             blocks32, blocks16 = builder.udiv(n_cols, ir.Constant(I64, 32)), builder.udiv(n_cols, ir.Constant(I64, 16))
-            q128 = _q128(e, n, blocks32) if name == "q8_0" and Q8_0_SPLIT else None
             with cgutils.for_range_slice(builder, e.start, e.stop, ir.Constant(I64, 1)) as (r, _):
                 row = e.at_row(e.gep(e.data, builder.mul(r, row_bytes)))
                 with cgutils.for_range(builder, n) as loop:
@@ -643,8 +530,6 @@ def _rows(name, dot):
                     one.x, one.xq = e.gep(e.x, builder.mul(k, n_cols)), e.gep(e.xq, builder.mul(k, n_cols))
                     one.xd, one.xs32 = e.gep(e.xd, builder.mul(k, blocks32)), e.gep(e.xs32, builder.mul(k, blocks32))
                     one.xs16 = e.gep(e.xs16, builder.mul(k, blocks16))
-                    if q128 is not None:
-                        one.q128 = e.gep(q128, builder.mul(k, blocks32))
                     builder.store(dot(one, n_cols), e.gep(e.out, builder.add(builder.mul(k, rows), r)))
 
         return sig, outlined(f"rows_{name}", codegen)
@@ -670,9 +555,8 @@ def _widen_bf16(e, b):  # bf16: the top halves of float32s
 rows_f32 = _rows("f32", _dot_float(128, _widen_f32))
 rows_f16 = _rows("f16", _dot_float(64, _widen_f16))
 rows_bf16 = _rows("bf16", _dot_float(64, _widen_bf16))
-rows_q8_0, rows_q4_0, rows_q4_1, rows_q5_0, rows_q5_1, rows_q4_k, rows_q5_k, rows_q6_k = (
-    _rows(name, lambda e, n_cols, qt=QUANT_TYPES[name]: _dot_quant(e, qt, n_cols))
-    for name in ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k"))
+rows_q4_k, rows_q5_k, rows_q6_k = (
+    _rows(name, lambda e, n_cols, qt=QUANT_TYPES[name]: _dot_quant(e, qt, n_cols)) for name in ("q4_k", "q5_k", "q6_k"))
 
 
 # --- x to integers -------------------------------------------------------------------------------

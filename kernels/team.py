@@ -189,6 +189,11 @@ def load_team_code() -> None:
     woke.compile(SERVE_TYPES[:1])
 
 
+def in_dry_run() -> bool:
+    """Whether this thread is inside dry_run()."""
+    return _dry_run.on
+
+
 @contextlib.contextmanager
 def dry_run():
     """Team.run() on this thread posts nothing: a forward pass inside compiles every kernel but

@@ -159,11 +159,12 @@ class Weights:
 
     def vector(self, name: str, size: int, required: bool = True) -> np.ndarray | None:
         """A 1-D F32/F16 tensor (norm weight, bias) as float32, read-only (as the kernels take
-        what they only read: one compiled form)."""
+        what they only read: one compiled form), copied out of the file: a read of the file maps
+        the 2 MiB page around it, the matrices' bytes that neighbour it included."""
         t = self.get(name, (size,), required)
         if t is None:
             return None
-        v = np.asarray(t.array(), dtype=np.float32).view()
+        v = np.array(t.array(), dtype=np.float32)
         v.flags.writeable = False
         return v
 
@@ -174,9 +175,11 @@ class Linear:
     def __init__(self, weight: Tensor, bias: np.ndarray | None = None):
         self.bias = bias
         # A SparseWeight (edgellm/sparse.py) multiplies by itself; a GGUF tensor is checked once
-        # here and then handed to the kernels as is.
+        # here and handed to the kernels, a legacy type to be repacked (Transformer.repack_weights,
+        # or its first multiply), the file's pages it is read from then dropped.
         self.sparse = weight if hasattr(weight, "matmul") else None
-        self.weight = None if self.sparse is not None else Weight(weight.data, weight.ggml_type, weight.n_cols)
+        self.weight = None if self.sparse is not None else Weight(weight.data, weight.ggml_type, weight.n_cols,
+                                                                    release=weight.release_pages, defer=True)
         self.alone = LinearGroup((self,))
 
     def __call__(self, x: np.ndarray, norm=None) -> np.ndarray:
@@ -325,9 +328,20 @@ class Transformer:
     def make_block(self, w: Weights, il: int):
         raise NotImplementedError
 
+    def repack_weights(self) -> None:
+        """Every matrix in the layout the kernels multiply by (kernels.Weight: the legacy types
+        repacked into memory of their own, the file's pages dropped); otherwise each is on its
+        first multiply."""
+        for layer in self.linear_layers():
+            if layer.weight is not None:
+                layer.weight.repack()
+
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         t = self.token_embd
-        x = get_rows(t.data, t.ggml_type, t.n_cols, tokens)  # [n, d]
+        if self.hp.tied_output and self.output.weight is not None:  # the rows the output matrix holds
+            x = self.output.weight.get_rows(tokens)  # [n, d]
+        else:
+            x = get_rows(t.data, t.ggml_type, t.n_cols, tokens)
         if self.embed_scale != 1.0:
             x *= np.float32(self.embed_scale)
         return x

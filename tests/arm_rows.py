@@ -1,17 +1,18 @@
-"""The decode row kernels (kernels/simd.py) and the prefill GEMM's (kernels/gemm.py) built for
-AArch64 as an object file, for running under qemu on an x86 machine
+"""The decode row kernels (kernels/simd.py, kernels/interleave.py) and the prefill GEMM's
+(kernels/gemm.py) built for AArch64 as an object file, for running under qemu on an x86 machine
 (tests/test_kernels.py::test_the_arm_kernels_under_qemu).
 
     python tests/arm_rows.py dotprod|generic OUT.o
 
-Each quantized type's rows_<type> codegen is called with numba's CPU target context (nothing
-is compiled for the host) inside a C-callable function
+Each quantized type's rows_<type> codegen (rows_x8_<type> for the legacy types, whose data the
+caller repacks) is called with numba's CPU target context (nothing is compiled for the host)
+inside a C-callable function
 
     void harness_<type>(uint8_t *data, int64_t rows, int64_t row_bytes, int8_t *xq, float *xd,
                         float *xs32, float *xs16, float *f16, float *out, int64_t n_cols)
 
-(one x row, rows 0..rows), and the prefill GEMM's parts (unpack_<type>, transpose_panel,
-panel_times_x: gemm.gemm_rows without its allocations) inside
+(one x row, rows 0..rows), and the prefill GEMM's parts (panel_<type>, or unpack_<type> and
+transpose_panel; panel_times_x: gemm.gemm_rows without its allocations) inside
 
     void gemm_<type>(uint8_t *data, int64_t rows, int64_t row_bytes, int16_t *xq, float *xd,
                      float *xs32, float *xs16, float *f16, float *out, int64_t n_cols,
@@ -28,7 +29,7 @@ from __future__ import annotations
 import sys
 
 import llvmlite.binding as llvm
-from edgellm.kernels import gemm, simd
+from edgellm.kernels import gemm, interleave, simd
 from edgellm.kernels import sparse as sparse_kernels
 from llvmlite import ir
 from numba import types
@@ -36,6 +37,7 @@ from numba.core import cgutils
 from numba.core.registry import cpu_target
 
 TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k")
+LEGACY = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # repacked: rows_x8_<type>, panel_<type>
 TRIPLE = "aarch64-unknown-linux-gnu"
 I64, I8P, F32P = ir.IntType(64), ir.IntType(8).as_pointer(), ir.FloatType().as_pointer()
 U8_2, I8_2 = types.Array(types.uint8, 2, "C"), types.Array(types.int8, 2, "C")
@@ -88,16 +90,17 @@ static int sparse(int q8, const char *in, const char *out_path) {
     return !f || fwrite(out, 4, rows, f) != (size_t)rows;
 }
 
-/* usage: harness TYPE IN OUT; IN: rows, row_bytes, n_cols, tokens (int64; tokens 0: one x row in 8
-   bits, the decode rows; else that many in 16 bits, the GEMM) | data | xq | xd | xs32 | xs16 | f16 */
+/* usage: harness TYPE IN OUT; IN: rows, row_bytes, n_cols, tokens, data_rows (int64; tokens 0: one x
+   row in 8 bits, the decode rows; else that many in 16 bits, the GEMM; data_rows: the rows the data
+   holds, a repacked weight's padding included) | data | xq | xd | xs32 | xs16 | f16 */
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
     if (!strncmp(argv[1], "sparse_", 7)) return sparse(!strcmp(argv[1], "sparse_q8"), argv[2], argv[3]);
     FILE *f = fopen(argv[2], "rb");
-    int64_t h[4];
-    if (!f || fread(h, 8, 4, f) != 4) return 2;
+    int64_t h[5];
+    if (!f || fread(h, 8, 5, f) != 5) return 2;
     int64_t rows = h[0], row_bytes = h[1], n = h[2], tokens = h[3], t = tokens ? tokens : 1;
-    uint8_t *data = take(f, rows * row_bytes);
+    uint8_t *data = take(f, h[4] * row_bytes);
     void *xq = take(f, t * n * (tokens ? 2 : 1));
     float *xd = take(f, t * n / 32 * 4), *xs32 = take(f, t * n / 32 * 4), *xs16 = take(f, t * n / 16 * 4);
     float *f16 = take(f, 65536 * 4), *out = calloc(t * rows, 4);
@@ -151,15 +154,21 @@ def _gemm_harness(ctx, typing, module, name):
                 _array(ctx, b, F32_2, xs32, (n, n_subs), 4),
                 _array(ctx, b, F32_2, xs16, (n, b.udiv(n_cols, ir.Constant(I64, 16))), 4),
                 _array(ctx, b, F32_2, out, (n, rows), 4)]
-    unpack_sig, unpack = getattr(gemm, f"unpack_{name}")._defn(typing, *UNPACK_TYPES)
-    transpose_sig, transpose = gemm.transpose_panel._defn(typing, U8_2, F32_3, U8_1)
+    if name in LEGACY:
+        panel_sig, panel_from_chunks = getattr(gemm, f"panel_{name}")._defn(typing, U8_2, types.int64, U8_1)
+    else:
+        unpack_sig, unpack = getattr(gemm, f"unpack_{name}")._defn(typing, *UNPACK_TYPES)
+        transpose_sig, transpose = gemm.transpose_panel._defn(typing, U8_2, F32_3, U8_1)
     times = gemm.panel_times_x_halves if name == "q6_k" else gemm.panel_times_x
     times_sig, times_x = times._defn(typing, *PANEL_TYPES)
     n_groups = b.udiv(b.add(rows, ir.Constant(I64, gemm.GROUP_ROWS - 1)), group)
     with cgutils.for_range(b, n_groups) as loop:
         r0 = b.mul(loop.index, group)
-        unpack(ctx, b, unpack_sig, [data_a, r0, f16_a, codes_a, fields_a])
-        transpose(ctx, b, transpose_sig, [codes_a, fields_a, panel_a])
+        if name in LEGACY:
+            panel_from_chunks(ctx, b, panel_sig, [data_a, r0, panel_a])
+        else:
+            unpack(ctx, b, unpack_sig, [data_a, r0, f16_a, codes_a, fields_a])
+            transpose(ctx, b, transpose_sig, [codes_a, fields_a, panel_a])
         times_x(ctx, b, times_sig, [panel_a, r0, rows, *x_arrays, ir.Constant(I64, 0), n])
     b.ret_void()
 
@@ -190,7 +199,8 @@ def build(dotprod: bool, assembly: bool = False) -> bytes | str:
     """The object file (AArch64 ELF) of every type's harness, or its assembly text."""
     if simd.X86:
         raise RuntimeError("the x86 paths are on: set EDGELLM_GENERIC_SIMD=1")
-    simd.DOTPROD = simd.Q8_0_SPLIT = dotprod  # what simd.py sets on an ARM CPU with / without sdot
+    simd.DOTPROD = interleave.DOTPROD = dotprod  # what simd.py sets on an ARM CPU with / without sdot
+    interleave.Q8_0_SIGNED = dotprod
     sparse_kernels.NEON = True  # and sparse.py on any ARM CPU
     ctx, typing = cpu_target.target_context, cpu_target.typing_context
     module = ir.Module("arm_rows")
@@ -206,7 +216,8 @@ def build(dotprod: bool, assembly: bool = False) -> bytes | str:
                 _array(ctx, b, F32_2, xs32, (one, b32), 4), _array(ctx, b, F32_2, xs16, (one, b16), 4),
                 _array(ctx, b, F32_1, f16, (ir.Constant(I64, 65536),), 4), _array(ctx, b, F32_2, out, (one, rows), 4),
                 ir.Constant(I64, 0), rows]
-        sig, codegen = getattr(simd, f"rows_{name}")._defn(typing, *ARG_TYPES)
+        kernel = getattr(interleave, f"rows_x8_{name}") if name in LEGACY else getattr(simd, f"rows_{name}")
+        sig, codegen = kernel._defn(typing, *ARG_TYPES)
         codegen(ctx, b, sig, args)
         b.ret_void()
         _gemm_harness(ctx, typing, module, name)

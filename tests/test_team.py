@@ -22,11 +22,13 @@ def _weights(rows=300, n_cols=256, seed=0):
 
 
 def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray, prefetch=None) -> np.ndarray:
-    """x @ W.T as one MATVEC job on team t (items of 4 rows: many per thread)."""
+    """x @ W.T as one MATVEC job on team t (many items per thread); data: Q8_0 rows as a file
+    holds them (the job takes them repacked, as a Weight holds them)."""
     out = np.full((x.shape[0], data.shape[0]), np.nan, np.float32)
     empty = dispatch._NO_ROWS
+    repacked = dispatch.Weight(data, T.Q8_0, x.shape[1]).data
     with t.lock:
-        dispatch._fill_weights(t.desc, jobs.MATVEC, (dispatch._readonly(data), empty, empty),
+        dispatch._fill_weights(t.desc, jobs.MATVEC, (repacked, empty, empty),
                                np.array([int(T.Q8_0), int(T.Q8_0), int(T.Q8_0)]), dispatch._readonly(x),
                                dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
                                                np.empty((x.shape[0], 0), np.float32)),
@@ -149,6 +151,7 @@ def test_a_decode_mat_vec_hints_the_weights_that_came_next_last_time():
     (a, _), (b, _) = _weights(seed=5), _weights(seed=6)
     first = dispatch.WeightGroup([dispatch.Weight(a, T.Q8_0, 256)])
     second = dispatch.WeightGroup([dispatch.Weight(b, T.Q8_0, 256)])
+    a, b = first.weights[0].data, second.weights[0].data  # the bytes the jobs read: repacked
     x = np.ones((1, 256), np.float32)
     for _ in range(2):  # one decode step learns the order, the next one uses it
         first.matmul(x)
