@@ -57,18 +57,40 @@ def test_greedy_continuations_differ_only_at_near_ties(llm, reference):
         assert logits[ours[split]] - logits[theirs[split]] < 0.1, (case["prompt"], split)
 
 
-def test_greedy_continuations_match_llama_cpp(llm, reference):
-    """The core issue's check. It holds because the decode mat-vecs quantize x as llama.cpp
-    does (Q8_0 blocks with an f16 scale for legacy weights, Q8_K blocks for K-quants): with a
-    float32 scale per 32 values for every type, 1 of the 4 continuations matched, the others
-    leaving at near-ties (benchmarks/llama_cpp_numerics.py measures which roundings matter).
-    Near-ties decide it either way: llama.cpp itself, with plain instead of repacked weight
-    buffers, matches 3 of its own 4; Q8_0 rows rounded as llama.cpp's integer dot does give 2/4
-    (benchmarks/README.md, "Correction (2026-12-03)"). Every x86 path computes the same bits
-    (test_kernels.py::test_every_kernel_path_computes_the_same_bits), so the count is the same on
-    any x86 CPU."""
-    matches = [_greedy_16(llm, case) == case["ids"][:16] for case in reference["greedy"]]
-    assert sum(matches) >= 3, f"first 16 greedy tokens identical for {matches}"
+# logits: two tokens this close are a tie that rounding decides. llama.cpp's own margin between
+# its token and ours at "Once upon a time," token 3 is -0.05 in its decode with its repacked weight
+# buffers (the reference), +0.14 with plain ones, +0.19 and +0.23 with the 7 tokens in one batch
+# (llama-cpp-python 0.3.36 on an AVX2 machine): a spread of 0.28 within llama.cpp itself.
+NEAR_TIE = 0.3
+
+
+def test_greedy_continuations_follow_llama_cpp_but_at_near_ties(llm, reference):
+    """The core issue's greedy check (the first 16 greedy tokens of the 4 prompts), position by
+    position: at each of the 64 positions our decode step's argmax is llama.cpp's token, or the
+    two are within NEAR_TIE in our logits (as close as llama.cpp's own ways of computing them
+    are apart); then llama.cpp's token is fed on (a tie-break), at most once per prompt.
+
+    The check it replaces asked for all 16 tokens identical in 3 of the 4 prompts, which near-ties
+    decide either way: llama.cpp itself matches 3 of its 4 with plain weight buffers instead of
+    its repacked ones (flipping "Once upon a time," at token 3), an exact product of the
+    quantized weights and activations (float64) 2 or 3 (flipping token 3 there too, and "The
+    capital of France is" at 11 or not, by the last rounding), and this code was 3 of 4 on
+    AVX-512 machines and 2 of 4 on AVX2 ones (the decode attention's sums then followed the
+    vector width). Every position is compared here, a large miss anywhere fails, and the outcome
+    no longer rests on a coin toss at two positions."""
+    for case in reference["greedy"]:
+        llm.kv_cache.clear()
+        logits = llm._eval(np.asarray(case["prompt_ids"], np.int64), all_logits=False)[-1]
+        tie_breaks = []
+        for i, theirs in enumerate(case["ids"][:16]):
+            ours = int(np.argmax(logits))
+            if ours != theirs:
+                margin = float(logits[ours] - logits[theirs])
+                assert margin < NEAR_TIE, (case["prompt"], i, ours, theirs, margin)
+                tie_breaks.append(i)
+            logits = llm._eval(np.asarray([theirs], np.int64), all_logits=False)[-1]
+        assert len(tie_breaks) <= 1, (case["prompt"], tie_breaks)
+    llm.kv_cache.clear()
 
 
 def test_perplexity_cli_matches_llama_perplexity(model_path, reference_dir):
