@@ -331,14 +331,17 @@ def _repacked(src: np.ndarray, ggml_type: int, release) -> np.ndarray:
     dst = _zeroed_pages(padded * row_bytes).reshape(padded, row_bytes)
     step = max(ROWS, REPACK_BYTES // max(row_bytes, 1) // ROWS * ROWS)
     lay = layout_args(ggml_type) if interleaved else None
-    for r0 in range(0, rows, step):
+
+    def rows_from(r0: int) -> None:  # on the pool's threads: the page faults and copies of two at once
         r1 = min(rows, r0 + step)
         if interleaved:
             repack_rows(src, dst, r0, r1, lay)
         else:
-            dst[r0:r1] = src[r0:r1]
+            np.copyto(dst[r0:r1], src[r0:r1])
         if release is not None:
             release(src[r0:r1])
+
+    parallel_map(rows_from, range(0, rows, step))
     return _readonly(dst)
 
 

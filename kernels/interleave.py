@@ -46,7 +46,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .floats import read_f16
-from .legacy import read_u32
 from .simd import (
     AVX2, DOTPROD, F32, I8, I16, I32, I64, PREFETCH_BYTES, ROWS_ARGS, VNNI, Emitter,
     _sum_pairs, declare, idot, idot_signed, outlined, vec,
@@ -107,37 +106,69 @@ def layout_args(ggml_type: int) -> tuple[int, ...]:
 
 
 # --- repacking and reading back (numba) ----------------------------------------------------------
+def _word(width):
+    """(load, store) intrinsics of a little-endian unsigned integer of width bits at a byte
+    offset of a uint8 array, unaligned: load(a, i) -> uintN, store(a, i, v)."""
+    t = ir.IntType(width)
+    nb_type = getattr(types, f"uint{width}")
+
+    def at(context, builder, arr_type, arr, i):
+        data = cgutils.create_struct_proxy(arr_type)(context, builder, value=arr).data
+        return builder.bitcast(builder.gep(data, [i]), t.as_pointer())
+
+    @intrinsic
+    def load(typingctx, a, i):
+        def codegen(context, builder, sig, args):
+            return builder.load(at(context, builder, sig.args[0], *args), align=1)
+
+        return nb_type(a, types.intp), codegen
+
+    @intrinsic
+    def store(typingctx, a, i, v):
+        def codegen(context, builder, sig, args):
+            arr, index, value = args
+            value = builder.trunc(value, t) if value.type.width > width else builder.zext(value, t) if value.type.width < width else value
+            builder.store(value, at(context, builder, sig.args[0], arr, index), align=1)
+            return context.get_dummy_value()
+
+        return types.void(a, types.intp, v), codegen
+
+    return load, store
+
+
+load_u16, store_u16 = _word(16)
+load_u32, store_u32 = _word(32)
+
+
 @njit(cache=True, nogil=True)
 def repack_rows(src, dst, r0, r1, lay):
     """Rows r0..r1 (r0 a multiple of ROWS) of src uint8 [rows, row_bytes] (GGUF blocks) into
     their groups of dst uint8 [>= rows, row_bytes] (zeros where rows are missing: a last partial
-    group's padding must be zero already). lay: layout_args(type)."""
+    group's padding must be zero already), chunk after chunk, 4 bytes at a time. lay:
+    layout_args(type)."""
     block_bytes, src_m, src_qh, src_qs, vectors, m_at, qh_at, qs_at = lay
     row_bytes = src.shape[1]
     n_blocks = row_bytes // block_bytes
-    flat = dst.reshape(-1)
+    flat, whole = dst.reshape(-1), src.reshape(-1)
     chunk_bytes = ROWS * block_bytes
-    for r in range(r0, r1):
-        g, k = r // ROWS, r % ROWS
+    for g in range(r0 // ROWS, -(-r1 // ROWS)):
         for b in range(n_blocks):
-            blk = src[r, b * block_bytes : (b + 1) * block_bytes]
             c = (g * n_blocks + b) * chunk_bytes
-            flat[c + 2 * k] = blk[0]
-            flat[c + 2 * k + 1] = blk[1]
-            if src_m >= 0:
-                flat[c + m_at + 2 * k] = blk[src_m]
-                flat[c + m_at + 2 * k + 1] = blk[src_m + 1]
-            for j in range(vectors):
-                for t in range(4):
-                    flat[c + qs_at + 32 * j + 4 * k + t] = blk[src_qs + 4 * j + t]
-            if src_qh >= 0:
-                qh = read_u32(blk[src_qh : src_qh + 4])
-                for t in range(4):
-                    bits = 0
-                    for n in range(8):
-                        value = 4 * n + t if n < 4 else 16 + 4 * (n - 4) + t
-                        bits |= ((qh >> value) & 1) << n
-                    flat[c + qh_at + 4 * k + t] = bits
+            for k in range(min(ROWS, r1 - g * ROWS)):
+                s = (g * ROWS + k) * row_bytes + b * block_bytes  # the row's block in src
+                store_u16(flat, c + 2 * k, load_u16(whole, s))
+                if src_m >= 0:
+                    store_u16(flat, c + m_at + 2 * k, load_u16(whole, s + src_m))
+                for j in range(vectors):
+                    store_u32(flat, c + qs_at + 32 * j + 4 * k, load_u32(whole, s + src_qs + 4 * j))
+                if src_qh >= 0:  # byte t, bit n: the bit of value 4n + t
+                    qh = load_u32(whole, s + src_qh)
+                    for t in range(4):
+                        bits = (qh >> t) & 0x11111111
+                        byte = 0
+                        for n in range(8):
+                            byte |= ((bits >> (4 * n)) & 1) << n
+                        flat[c + qh_at + 4 * k + t] = byte
 
 
 @njit(cache=True, nogil=True, fastmath=False)

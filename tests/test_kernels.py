@@ -193,16 +193,19 @@ def test_a_repacked_weight_looks_rows_up_as_the_file_holds_them(tensors, qtype):
 
 
 def test_repacking_hands_each_step_of_source_rows_to_release(tensors, monkeypatch):
-    """The weights are repacked a step of rows at a time, each step's source rows then released
-    (a model's file pages dropped): every row once, in order."""
+    """The weights are repacked a step of rows at a time (steps side by side on the kernels'
+    threads), each step's source rows then released (a model's file pages dropped): every row
+    once."""
     from edgellm.kernels import dispatch
 
     data, n_cols = tensors[T.Q8_0]
     monkeypatch.setattr(dispatch, "REPACK_BYTES", 40 * data.shape[1])
     parts = []
-    kernels.Weight(data, T.Q8_0, n_cols, release=parts.append)
+    w = kernels.Weight(data, T.Q8_0, n_cols, release=parts.append)
     assert len(parts) == -(-data.shape[0] // 40) and all(np.shares_memory(p, data) for p in parts)
+    parts.sort(key=lambda p: p.ctypes.data)
     np.testing.assert_array_equal(np.concatenate(parts), data)
+    np.testing.assert_array_equal(w.get_rows(np.arange(data.shape[0])), reference(data, T.Q8_0, n_cols))
 
 
 def test_get_rows_rejects_out_of_range_ids(tensors):
