@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import dots_in_order, exp_inplace, round_f16, to_f32
+from .simd import exp_inplace, pv_accumulate, qk_dots, round_f16
 
 # A chunk whose max is this far below the overall max weighs less than float32 resolution: it
 # is skipped (exp_inplace makes such scores 0 within a chunk).
@@ -68,15 +68,12 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
     exp(score - part_max[r]) (0 for a hidden slot) and part_sum[r] = the sum of the e.
     scores: float32 [g, >= s1 - s0].
 
-    Keys go KEYS_AT_ONCE at a time: widened once into float32, then each query's dots with all
-    of them in one pass (simd.dots_in_order: one load of the query for four keys, each dot in
-    the same order on every CPU). A hidden slot among them is computed and dropped; a block with
-    no visible slot is skipped."""
+    Keys go KEYS_AT_ONCE at a time, every query's dots with them in one pass (simd.qk_dots: the
+    keys widened as read, once for four queries, each dot in the same order on every CPU). A
+    hidden slot among them is computed and dropped; a block with no visible slot is skipped."""
     g, hd = q.shape
     n = s1 - s0
     part_max[:] = -np.inf
-    keys = np.empty((KEYS_AT_ONCE, hd), np.float32)
-    dots = np.empty(KEYS_AT_ONCE, np.float32)
     for b0 in range(s0, s1, KEYS_AT_ONCE):
         b1 = min(s1, b0 + KEYS_AT_ONCE)
         any_seen = False
@@ -87,14 +84,10 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
                 for s in range(b0, b1):
                     scores[r, s - s0] = -np.inf
             continue
-        for s in range(b0, b1):
-            kt, wide = k[s], keys[s - b0]
-            for j in range(hd):
-                wide[j] = to_f32(kt[j])
+        qk_dots(q, k[b0:b1], scores, b0 - s0)
         for r in range(g):
-            dots_in_order(q[r], keys[: b1 - b0], dots)
             for s in range(b0, b1):
-                _put_score(scores, part_max, r, s - s0, dots[s - b0], scale, _visible(k_pos[s], p, window))
+                _put_score(scores, part_max, r, s - s0, scores[r, s - s0], scale, _visible(k_pos[s], p, window))
     for r in range(g):  # e = exp(score - max), 16 at a time; hidden slots and negligible ones 0
         row = scores[r, :n]
         if part_max[r] == -np.inf:
@@ -111,41 +104,28 @@ def attend_values(v, s0, s1, scores, factor, part_acc, half):
     being attend_scores's e times factor[r] (normalize_parts), rounded to f16 if half.
     v [m, hd_v] float32 or uint16 f16 bits.
 
-    Slots go VALUES_AT_ONCE at a time: their values widened once into float32 (a slot no query
-    weighs, hidden or past s1, as zeros), then each output row takes their eight products in one
-    pass over hd_v, rather than being read and written once per slot."""
+    Slots go VALUES_AT_ONCE at a time (simd.pv_accumulate): each 8 of their values widened once
+    into float32 for every query (a slot no query weighs, hidden or past s1, as zeros), each
+    output row taking their eight products in one pass, rather than being read and written once
+    per slot."""
     g, hd_v = part_acc.shape
     part_acc[:, :] = 0.0
-    values = np.empty((VALUES_AT_ONCE, hd_v), np.float32)
     probs = np.empty((g, VALUES_AT_ONCE), np.float32)
-    v0, v1, v2, v3 = values[0], values[1], values[2], values[3]
-    v4, v5, v6, v7 = values[4], values[5], values[6], values[7]
     for b0 in range(s0, s1, VALUES_AT_ONCE):
-        any_used = False
+        used = 0
         for t in range(VALUES_AT_ONCE):
-            used = False
+            weighs = False
             for r in range(g):
                 e = scores[r, b0 + t - s0] if b0 + t < s1 else np.float32(0.0)
                 prob = e * factor[r]
                 if half:
                     prob = round_f16(prob)
                 probs[r, t] = prob
-                used |= e != 0.0
-            if used:
-                for j in range(hd_v):
-                    values[t, j] = to_f32(v[b0 + t, j])
-            else:
-                values[t, :] = 0.0
-            any_used |= used
-        if not any_used:
-            continue
-        for r in range(g):
-            p0, p1, p2, p3 = probs[r, 0], probs[r, 1], probs[r, 2], probs[r, 3]
-            p4, p5, p6, p7 = probs[r, 4], probs[r, 5], probs[r, 6], probs[r, 7]
-            row = part_acc[r]
-            for j in range(hd_v):
-                row[j] += (((p0 * v0[j] + p1 * v1[j]) + (p2 * v2[j] + p3 * v3[j]))
-                           + ((p4 * v4[j] + p5 * v5[j]) + (p6 * v6[j] + p7 * v7[j])))
+                weighs |= e != 0.0
+            if weighs:
+                used |= 1 << t
+        if used:
+            pv_accumulate(probs, v, b0, used, part_acc)
 
 
 @njit(cache=True, nogil=True)

@@ -668,12 +668,6 @@ def _scalar(doc, **forms):
     return intrinsic(generic)
 
 
-to_f32 = _scalar(
-    """A float32 from an f16 bit pattern (uint16) or a float32 (itself): one source for loops over
-    f16 and float32 arrays. LLVM turns the f16 loads of a vectorized loop into the CPU's converter
-    (F16C's vcvtph2ps, NEON's fcvtl).""",
-    uint16=(types.float32, lambda b, v: b.fpext(b.bitcast(v, ir.HalfType()), F32)),
-    float32=(types.float32, lambda b, v: v))
 round_f16 = _scalar(
     """A float32 rounded to the nearest f16 (to nearest, ties to even) and back.""",
     float32=(types.float32, lambda b, v: b.fpext(b.fptrunc(v, ir.HalfType()), F32)))
@@ -734,47 +728,126 @@ def exp_inplace(typingctx, a):
     return sig, codegen
 
 
-# --- float dot products in a fixed order ---------------------------------------------------------
+# --- decode attention's products, in one order on every CPU ---------------------------------------
+# A numba loop that fast-math lets LLVM reassociate sums in the order its vector width and target
+# choose: the decode attention's scores differed between AVX2 and AVX-512 machines, and with them
+# which of two near-tied tokens a greedy decode took. These keep their order written out.
 DOT_LANES = 8  # partial sums of a dot (an AVX2 register; on AVX-512 LLVM keeps them one)
-DOTS_AT_ONCE = 4  # rows of b whose dots with a share each load of a
+
+
+def _widen8(e, rows, row, j, f16):
+    """<8 x float>: values j..j+7 of row `row` of rows (float32, or uint16 f16 bits if f16)."""
+    b = e.b
+    if f16:
+        p = b.bitcast(e.gep(rows, b.add(row, j)), vec(ir.HalfType(), DOT_LANES).as_pointer())
+        return b.fpext(b.load(p, align=2), vec(F32, DOT_LANES))
+    return e.floats(rows, b.add(row, j), DOT_LANES)
+
+
+def _widen1(e, rows, at, f16):
+    """The float32 at rows + at (uint16 f16 bits if f16)."""
+    b = e.b
+    if f16:
+        return b.fpext(b.bitcast(b.load(e.gep(rows, at)), ir.HalfType()), F32)
+    return b.load(e.gep(rows, at))
 
 
 @intrinsic
-def dots_in_order(typingctx, a, b, out):
-    """out[i] = a . b[i] for every row of b (float32: a [n], b [rows, n] C order, out [rows]),
-    the same bits on every CPU: each dot keeps DOT_LANES partial sums, lane l of values l, l + 8,
-    ... in order (multiplies contracted into FMAs), reduced by halving, then the values past the
-    last multiple of 8 added in order. A loop that fast-math lets LLVM reassociate sums in the
-    order its vector width and target choose: a decode attention's scores differed between AVX2
-    and AVX-512 machines, and with them which of two near-tied tokens a greedy decode took.
-    Rows go DOTS_AT_ONCE at a time (one load of a for each)."""
-    sig = types.void(a, b, out)
+def qk_dots(typingctx, q, keys, scores, col):
+    """scores[r, col + i] = q[r] . keys[i] for every query row r and key row i: q float32 [g, hd],
+    keys [nk, hd] float32 or uint16 (f16 bits, widened as read), scores float32 [g, >= col + nk].
+    Each dot keeps DOT_LANES partial sums, lane l of values l, l + 8, ... in order (multiplies
+    contracted into FMAs), reduced by halving, then the values past the last multiple of 8 added
+    in order. Four queries go against two keys at a time (8 accumulators, each key widened once
+    for them), other queries one at a time against four."""
+    f16 = keys.dtype == types.uint16
+    sig = types.void(q, keys, scores, col)
 
     def codegen(context, builder, signature, args):
-        e = Emitter(context, builder, signature, args, ("a", "rows_b", "out"))
+        e = Emitter(context, builder, signature, args, ("q", "keys", "scores", "col"))
         bld = builder
-        n, rows = e.shape(0), e.shape(1, 0)
-        full = e.mul(bld.udiv(n, ir.Constant(I64, DOT_LANES)), DOT_LANES)
+        g, hd, nk, width = e.shape(0, 0), e.shape(0, 1), e.shape(1, 0), e.shape(2, 1)
+        chunks = bld.udiv(hd, ir.Constant(I64, DOT_LANES))
+        full = e.mul(chunks, DOT_LANES)
 
-        def dots(first, count):
-            accs = [cgutils.alloca_once_value(bld, e.const(F32, DOT_LANES, 0.0)) for _ in range(count)]
-            rows_at = [e.gep(e.rows_b, bld.mul(e.add(first, i), n)) for i in range(count)]
-            with cgutils.for_range(bld, bld.udiv(n, ir.Constant(I64, DOT_LANES))) as loop:
+        def block(r0, nq, i0, nkk):
+            accs = [[cgutils.alloca_once_value(bld, e.const(F32, DOT_LANES, 0.0)) for _ in range(nkk)] for _ in range(nq)]
+            q_rows = [bld.mul(e.add(r0, a), hd) for a in range(nq)]
+            k_rows = [bld.mul(e.add(i0, c), hd) for c in range(nkk)]
+            with cgutils.for_range(bld, chunks) as loop:
                 j = e.mul(loop.index, DOT_LANES)
-                x = e.floats(e.a, j, DOT_LANES)
-                for acc, row in zip(accs, rows_at):
-                    bld.store(e.fma(x, e.floats(row, j, DOT_LANES), bld.load(acc)), acc)
-            for i, (acc, row) in enumerate(zip(accs, rows_at)):
-                total = cgutils.alloca_once_value(bld, e.reduce(bld.load(acc)))
-                with cgutils.for_range_slice(bld, full, n, ir.Constant(I64, 1)) as (j, _):
-                    bld.store(e.fma(e.scalar(e.a, j), e.scalar(row, j), bld.load(total)), total)
-                bld.store(bld.load(total), e.gep(e.out, e.add(first, i)))
+                kv = [_widen8(e, e.keys, k_row, j, f16) for k_row in k_rows]
+                for a in range(nq):
+                    x = e.floats(e.q, bld.add(q_rows[a], j), DOT_LANES)
+                    for c in range(nkk):
+                        bld.store(e.fma(x, kv[c], bld.load(accs[a][c])), accs[a][c])
+            for a in range(nq):
+                for c in range(nkk):
+                    total = cgutils.alloca_once_value(bld, e.reduce(bld.load(accs[a][c])))
+                    with cgutils.for_range_slice(bld, full, hd, ir.Constant(I64, 1)) as (j, _):
+                        x = e.scalar(e.q, bld.add(q_rows[a], j))
+                        bld.store(e.fma(x, _widen1(e, e.keys, bld.add(k_rows[c], j), f16), bld.load(total)), total)
+                    at = bld.add(bld.mul(e.add(r0, a), width), bld.add(e.col, e.add(i0, c)))
+                    bld.store(bld.load(total), e.gep(e.scores, at))
 
-        groups = bld.udiv(rows, ir.Constant(I64, DOTS_AT_ONCE))
-        with cgutils.for_range(bld, groups) as loop:
-            dots(e.mul(loop.index, DOTS_AT_ONCE), DOTS_AT_ONCE)
-        with cgutils.for_range_slice(bld, e.mul(groups, DOTS_AT_ONCE), rows, ir.Constant(I64, 1)) as (r, _):
-            dots(r, 1)
+        def keys_by(r0, nq, step):
+            pairs = bld.udiv(nk, ir.Constant(I64, step))
+            with cgutils.for_range(bld, pairs) as loop:
+                block(r0, nq, e.mul(loop.index, step), step)
+            with cgutils.for_range_slice(bld, e.mul(pairs, step), nk, ir.Constant(I64, 1)) as (i, _):
+                block(r0, nq, i, 1)
+
+        fours = bld.udiv(g, ir.Constant(I64, 4))
+        with cgutils.for_range(bld, fours) as loop:
+            keys_by(e.mul(loop.index, 4), 4, 2)
+        with cgutils.for_range_slice(bld, e.mul(fours, 4), g, ir.Constant(I64, 1)) as (r, _):
+            keys_by(r, 1, 4)
         return context.get_dummy_value()
 
-    return sig, outlined("dots_in_order", codegen)
+    return sig, outlined("qk_dots_f16" if f16 else "qk_dots", codegen)
+
+
+@intrinsic
+def pv_accumulate(typingctx, probs, values, first, used, acc):
+    """acc[r] += sum over t < 8 of probs[r, t] * values[first + t], a block of 8 slots, the
+    products added as ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)); a slot whose bit in used is 0
+    (no query weighs it, or past the end) counts as zeros, its values unread: probs float32
+    [g, 8], values [m, hd_v] float32 or uint16 (f16 bits, widened as read), acc float32 [g,
+    hd_v]. Each 8 values of the slots are widened once for every query row."""
+    f16 = values.dtype == types.uint16
+    sig = types.void(probs, values, first, used, acc)
+
+    def codegen(context, builder, signature, args):
+        e = Emitter(context, builder, signature, args, ("probs", "values", "first", "used", "acc"))
+        bld = builder
+        g, hd_v = e.shape(4, 0), e.shape(4, 1)
+        here = [bld.icmp_unsigned("!=", bld.and_(e.used, ir.Constant(I64, 1 << t)), ir.Constant(I64, 0))
+                for t in range(8)]
+        slots = [bld.mul(bld.select(here[t], e.add(e.first, t), e.first), hd_v) for t in range(8)]
+
+        def products(width, j, value):
+            v = [bld.select(here[t], value(slots[t], j), e.const(F32, width, 0.0) if width > 1 else ir.Constant(F32, 0.0))
+                 for t in range(8)]
+            with cgutils.for_range(bld, g) as rows:
+                r = rows.index
+                p = [e.scalar(e.probs, e.add(e.mul(r, 8), t)) for t in range(8)]
+                if width > 1:
+                    p = [e.splat(pt, width) for pt in p]
+                prod = [e.fmul(p[t], v[t]) for t in range(8)]
+                tree = e.fadd(e.fadd(e.fadd(prod[0], prod[1]), e.fadd(prod[2], prod[3])),
+                              e.fadd(e.fadd(prod[4], prod[5]), e.fadd(prod[6], prod[7])))
+                at = bld.add(bld.mul(r, hd_v), j)
+                if width > 1:
+                    ptr = bld.bitcast(e.gep(e.acc, at), vec(F32, width).as_pointer())
+                    bld.store(e.fadd(bld.load(ptr, align=4), tree), ptr, align=4)
+                else:
+                    bld.store(e.fadd(bld.load(e.gep(e.acc, at)), tree), e.gep(e.acc, at))
+
+        chunks = bld.udiv(hd_v, ir.Constant(I64, DOT_LANES))
+        with cgutils.for_range(bld, chunks) as loop:
+            products(DOT_LANES, e.mul(loop.index, DOT_LANES), lambda row, j: _widen8(e, e.values, row, j, f16))
+        with cgutils.for_range_slice(bld, e.mul(chunks, DOT_LANES), hd_v, ir.Constant(I64, 1)) as (j, _):
+            products(1, j, lambda row, j: _widen1(e, e.values, bld.add(row, j), f16))
+        return context.get_dummy_value()
+
+    return sig, outlined("pv_accumulate_f16" if f16 else "pv_accumulate", codegen)
