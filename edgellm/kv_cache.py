@@ -23,7 +23,7 @@ import numpy as np
 from edgellm.errors import EdgeLLMError
 from edgellm.kernels import dequantize
 from edgellm.kernels.ggml_types import GGMLQuantizationType
-from edgellm.kernels.nn import apply_rope, rope_tables, to_f16
+from edgellm.kernels.nn import apply_rope, rope_tables, store_f16, to_f16
 
 KV_TYPES = ("f32", "f16", "q8_0")
 Q8_0_BLOCK, Q8_0_BYTES = 32, 34  # values per block, bytes per block (f16 scale + 32 int8)
@@ -50,7 +50,12 @@ class KVStore:
             self.data = np.zeros((n_kv_head, capacity, dim), np.float16 if kv_type == "f16" else np.float32)
 
     def write(self, slots, x: np.ndarray) -> None:
-        """x float32 [n_kv, len(slots), dim] into those slots."""
+        """x float32 [n_kv, len(slots), dim] into those slots (an int: that one slot)."""
+        if self.kv_type == "f16" and isinstance(slots, int):  # a decode step's slot: one call
+            store_f16(x[:, 0], self.data[:, slots])
+            return
+        if isinstance(slots, int):
+            slots = slice(slots, slots + 1)
         if self.kv_type == "q8_0":
             n_kv, m, _ = x.shape
             x = _quantize_q8_0(x.reshape(n_kv * m, self.dim)).reshape(n_kv, m, -1)
@@ -110,8 +115,8 @@ class LayerKVCache:
         if len(positions) == 1:  # a decode step: one slot, plain indexing
             slot = int(positions[0]) % self.capacity
             self.lost = max(self.lost, int(self.pos[slot]))
-            self.k.write(slice(slot, slot + 1), k.transpose(1, 0, 2))
-            self.v.write(slice(slot, slot + 1), v.transpose(1, 0, 2))
+            self.k.write(slot, k.transpose(1, 0, 2))
+            self.v.write(slot, v.transpose(1, 0, 2))
             self.pos[slot] = positions[0]
             return
         n_skip = max(0, len(positions) - self.capacity)  # a long batch keeps its tail

@@ -177,6 +177,12 @@ def to_f16(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def store_f16(x: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = x rounded to f16, in one call: x float32 [a, b], out a float16 [a, b] view (a
+    KV cache's slot across its heads, strided), as to_f16 rounds."""
+    _store_f16(x, out.view(np.uint16))
+
+
 def from_f16(x: np.ndarray) -> np.ndarray:
     """A float16 array [a, b, c] (a view of the KV cache: strided over a and b) as a new float32
     one, the same values: numpy's own cast is scalar code, ~17x slower (a 512-token prompt's
@@ -199,6 +205,13 @@ def f16_rounded(x: np.ndarray, in_place: bool = False) -> np.ndarray:
 def _to_f16(x, out):
     for i in range(x.shape[0]):
         out[i] = f16_bits(x[i])
+
+
+@njit(cache=True, nogil=True)
+def _store_f16(x, out):
+    for a in range(x.shape[0]):
+        for b in range(x.shape[1]):
+            out[a, b] = f16_bits(x[a, b])
 
 
 @njit(cache=True, nogil=True)
