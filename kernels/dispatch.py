@@ -394,6 +394,7 @@ class WeightGroup:
         self.k_blocks = n_cols % 256 == 0 and all(w.ggml_type in K_QUANTS for w in self.weights)
         self.next_ranges = None  # the ranges of the group whose mat-vec came after this one's last time
         self._per_n = {}  # (rows of x, normed) -> (scratch bytes, an empty output for the padding)
+        self._decode = {}  # rows of x -> what _matvec needs (_prepare_matvec)
 
     def _lay_out(self) -> None:
         """jobs: per part (data per weight, their type ids, padding) as _fill_weights takes them,
@@ -408,12 +409,16 @@ class WeightGroup:
             self.jobs.append((tuple(w.data for w in part) + (_NO_ROWS,) * pad,
                               np.array([w.ggml_type for w in part] + [Q8_0] * pad, np.int64), pad))
         self.ranges = _ranges([(w.data,) for w in self.weights])
+        self._decode = {}
         self._laid_out = _repacks[0] if all(w.repacked for w in self.weights) else None
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None, norm=None) -> list[np.ndarray]:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones). norm:
         (weight float32 [n_cols], eps): the product of rms_norm(x, weight, eps) instead, the norm
         made where x is quantized for the kernels (the same bits as the two steps apart)."""
+        if (outs is None and self._laid_out == _repacks[0] and self.matvec and x.__class__ is np.ndarray
+                and x.ndim == 2 and 0 < x.shape[0] <= MATVEC_MAX_ROWS):
+            return self._matvec(x, norm)
         x = _x_rows(x, self.n_cols)
         n = x.shape[0]
         if self._laid_out != _repacks[0]:
@@ -446,6 +451,43 @@ class WeightGroup:
                 t.run(hint)
                 ys += outs_part[: len(part)]
         return ys
+
+
+    def _matvec(self, x: np.ndarray, norm) -> list[np.ndarray]:
+        """matmul() of a decode step (a few x rows, new outputs): what the call's fill needs but x
+        made once per row count and norm, and kept (this runs ~75 times a token, and its Python
+        had cost more than the fill and the job's posting together: 25 against 8 us a call)."""
+        n = x.shape[0]
+        prep = self._decode.get(n)
+        if prep is None or prep[0] is not (None if norm is None else norm[0]) or (norm is not None and prep[1] != norm[1]):
+            prep = self._decode[n] = self._prepare_matvec(n, norm)
+        _, _, norm_w, eps, scratch_bytes, parts = prep
+        if x.dtype != np.float32 or not x.flags.c_contiguous or x.shape[1] != self.n_cols:
+            x = _x_rows(x, self.n_cols)
+        elif x.flags.writeable:
+            x = _readonly(x)
+        t = current_team()
+        hint = _decode_hint(self)
+        ys = []
+        with t.lock:
+            scratch = t.scratch(scratch_bytes)
+            for data, type_ids, shapes, padding in parts:
+                outs = [np.empty(shape, np.float32) for shape in shapes]
+                _fill_weights(t.desc, jobs.MATVEC, data, type_ids, x, _F16, tuple(outs) + padding, t.n_threads,
+                              scratch, self.k_blocks, norm_w, eps, False)
+                t.run(hint)
+                ys += outs
+        return ys
+
+    def _prepare_matvec(self, n: int, norm) -> tuple:
+        """(norm weight given, eps given, norm weight and eps as the fill takes them, scratch bytes,
+        per part (data, type ids, output shapes, padding outputs)) for _matvec."""
+        norm_w, eps = (_NO_NORM, _NO_EPS) if norm is None else (_readonly_as_is(norm[0]), np.float32(norm[1]))
+        no_out = np.empty((n, 0), np.float32)
+        parts = [(data, type_ids, [(n, w.rows) for w in part], (no_out,) * pad)
+                 for part, (data, type_ids, pad) in zip(self.parts, self.jobs)]
+        return (None if norm is None else norm[0], None if norm is None else norm[1], norm_w, eps,
+                _scratch_bytes(jobs.MATVEC, n, self.n_cols, norm is not None), parts)
 
 
 _last_matvec: list = []  # [a weak reference to the weight group whose decode mat-vec ran last]
