@@ -40,8 +40,8 @@ def sum_in_order(row):
     return total
 
 
-KEYS_AT_ONCE = 4  # slots whose dots with a query run in one loop (4 accumulators, each key read once)
-VALUES_AT_ONCE = 8  # slots whose probability * value products go into an output row in one pass
+KEYS_AT_ONCE = 4  # slots per simd.qk_dots call (a block of them that no query sees is skipped)
+VALUES_AT_ONCE = 8  # slots per simd.pv_accumulate call
 
 
 @njit(cache=True, nogil=True)
@@ -58,7 +58,7 @@ def _put_score(scores, part_max, r, col, acc, scale, seen):
         scores[r, col] = -np.inf
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+@njit(cache=True, nogil=True)
 def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_sum):
     """Slots s0..s1 of one KV head against its group's queries q [g, hd], all at position p.
 
@@ -98,7 +98,7 @@ def attend_scores(q, k, p, k_pos, scale, window, s0, s1, scores, part_max, part_
         part_sum[r] = sum_in_order(row)
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz", "contract"})
+@njit(cache=True, nogil=True)
 def attend_values(v, s0, s1, scores, factor, part_acc, half):
     """part_acc[r] [hd_v] = the sum over slots s0..s1 of probability * v[s], the probability
     being attend_scores's e times factor[r] (normalize_parts), rounded to f16 if half.

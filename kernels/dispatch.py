@@ -191,9 +191,9 @@ _ROWS_SERIAL = {Q8_0: _rows_q8_0, Q4_0: _rows_q4_0, Q4_1: _rows_q4_1, Q5_0: _row
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _rows_x8(data, row_ids, lay, zero, out):  # a repacked weight's rows (interleave.py)
+def _rows_x8(data, row_ids, lay, out):  # a repacked weight's rows (interleave.py)
     for i in range(row_ids.shape[0]):
-        dequantize_row_x8(data, row_ids[i], lay, zero, out[i])
+        dequantize_row_x8(data, row_ids[i], lay, out[i])
 
 
 def dequantize_rows_serial(data, ggml_type, row_ids, out):
@@ -305,7 +305,7 @@ class Weight:
             return get_rows(self.data, self.ggml_type, self.n_cols, row_ids)
         ids = _row_ids(row_ids, self.rows)
         out = np.empty((ids.size, self.n_cols), np.float32)
-        _rows_x8(self.padded, ids, layout_args(self.ggml_type), LAYOUTS[self.ggml_type].zero, out)
+        _rows_x8(self.padded, ids, layout_args(self.ggml_type), out)
         return out
 
 
@@ -315,7 +315,7 @@ def load_repack_code() -> None:
     gives the compiler's pages back and then repacks a model (Transformer.repack_weights)."""
     none = _readonly(np.zeros((0, LAYOUTS[Q8_0].block_bytes), np.uint8))
     repack_rows(none, np.zeros(none.shape, np.uint8), 0, 0, layout_args(Q8_0))
-    _rows_x8(none, _readonly(np.zeros(0, np.int64)), layout_args(Q8_0), 0, np.zeros((0, 32), np.float32))
+    _rows_x8(none, _readonly(np.zeros(0, np.int64)), layout_args(Q8_0), np.zeros((0, 32), np.float32))
 
 
 _repacks = [0]  # Weight.repack() calls so far: a WeightGroup laid out before one lays out again
@@ -393,8 +393,8 @@ class WeightGroup:
         # for K-quants, Q8_0 blocks of 32 otherwise (a group mixing the two takes Q8_0).
         self.k_blocks = n_cols % 256 == 0 and all(w.ggml_type in K_QUANTS for w in self.weights)
         self.next_ranges = None  # the ranges of the group whose mat-vec came after this one's last time
-        self._per_n = {}  # (rows of x, normed) -> (scratch bytes, an empty output for the padding)
-        self._decode = {}  # rows of x -> what _matvec needs (_prepare_matvec)
+        self._per_n = {}  # prefill: (rows of x, normed) -> (scratch bytes, an empty output for the padding)
+        self._decode = {}  # decode: rows of x -> what _matvec needs (_prepare_matvec)
 
     def _lay_out(self) -> None:
         """jobs: per part (data per weight, their type ids, padding) as _fill_weights takes them,
@@ -416,9 +416,9 @@ class WeightGroup:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones). norm:
         (weight float32 [n_cols], eps): the product of rms_norm(x, weight, eps) instead, the norm
         made where x is quantized for the kernels (the same bits as the two steps apart)."""
-        if (outs is None and self._laid_out == _repacks[0] and self.matvec and x.__class__ is np.ndarray
-                and x.ndim == 2 and 0 < x.shape[0] <= MATVEC_MAX_ROWS):
-            return self._matvec(x, norm)
+        if (self._laid_out == _repacks[0] and self.matvec and x.__class__ is np.ndarray and x.ndim == 2
+                and 0 < x.shape[0] <= MATVEC_MAX_ROWS):  # a decode step: the lean path first
+            return self._matvec(x, norm, outs)
         x = _x_rows(x, self.n_cols)
         n = x.shape[0]
         if self._laid_out != _repacks[0]:
@@ -429,34 +429,33 @@ class WeightGroup:
             if norm is not None:
                 x = _readonly(rms_norm(x, *norm))
             return [_matmul_many_rows(x, w, out) for w, out in zip(self.weights, outs)]
+        if n <= MATVEC_MAX_ROWS:
+            return self._matvec(x, norm, outs)
+        # many rows of x (prefill): quantized by the team in a job of its own, then the GEMM
         norm_w, eps = (_NO_NORM, _NO_EPS) if norm is None else (_readonly_as_is(norm[0]), np.float32(norm[1]))
-        kind = jobs.MATVEC if n <= MATVEC_MAX_ROWS else jobs.GEMM
         t = current_team()
-        hint = _decode_hint(self) if kind == jobs.MATVEC else _NO_RANGES
         key = (n, norm is not None)
         if key not in self._per_n:  # what a call with n rows of x takes that does not change
-            self._per_n[key] = (_scratch_bytes(kind, n, self.n_cols, norm is not None), np.empty((n, 0), np.float32))
+            self._per_n[key] = (_scratch_bytes(jobs.GEMM, n, self.n_cols, norm is not None), np.empty((n, 0), np.float32))
         scratch_bytes, no_out = self._per_n[key]
-        quantized = kind == jobs.GEMM  # many rows of x: quantized by the team, in a job before
         ys = []
         with t.lock:
             scratch = t.scratch(scratch_bytes)
-            if quantized:
-                _fill_quantize_x(t.desc, x, norm_w, eps, scratch)
-                t.run(hint)
+            _fill_quantize_x(t.desc, x, norm_w, eps, scratch)
+            t.run(_NO_RANGES)
             for i, (part, (data, type_ids, pad)) in enumerate(zip(self.parts, self.jobs)):
                 outs_part = tuple(outs[GROUP * i : GROUP * i + len(part)]) + (no_out,) * pad
-                _fill_weights(t.desc, kind, data, type_ids, x, _F16, outs_part, t.n_threads, scratch,
-                              self.k_blocks, norm_w, eps, quantized)
-                t.run(hint)
+                _fill_weights(t.desc, jobs.GEMM, data, type_ids, x, _F16, outs_part, t.n_threads, scratch,
+                              self.k_blocks, norm_w, eps, True)
+                t.run(_NO_RANGES)
                 ys += outs_part[: len(part)]
         return ys
 
-
-    def _matvec(self, x: np.ndarray, norm) -> list[np.ndarray]:
-        """matmul() of a decode step (a few x rows, new outputs): what the call's fill needs but x
-        made once per row count and norm, and kept (this runs ~75 times a token, and its Python
-        had cost more than the fill and the job's posting together: 25 against 8 us a call)."""
+    def _matvec(self, x: np.ndarray, norm, outs: list[np.ndarray] | None) -> list[np.ndarray]:
+        """matmul() of a few x rows (a decode step; laid out): one MATVEC job per part, what its
+        fill takes but x and the outputs made once per row count and norm, and kept (this runs
+        ~75 times a token, and its Python had cost more than the fill and the job's posting
+        together: 25 against 8 us a call on a Zen 1 core)."""
         n = x.shape[0]
         prep = self._decode.get(n)
         if prep is None or prep[0] is not (None if norm is None else norm[0]) or (norm is not None and prep[1] != norm[1]):
@@ -471,12 +470,13 @@ class WeightGroup:
         ys = []
         with t.lock:
             scratch = t.scratch(scratch_bytes)
-            for data, type_ids, shapes, padding in parts:
-                outs = [np.empty(shape, np.float32) for shape in shapes]
-                _fill_weights(t.desc, jobs.MATVEC, data, type_ids, x, _F16, tuple(outs) + padding, t.n_threads,
+            for i, (data, type_ids, shapes, padding) in enumerate(parts):
+                part = [np.empty(shape, np.float32) for shape in shapes] if outs is None else \
+                    outs[GROUP * i : GROUP * i + len(shapes)]
+                _fill_weights(t.desc, jobs.MATVEC, data, type_ids, x, _F16, tuple(part) + padding, t.n_threads,
                               scratch, self.k_blocks, norm_w, eps, False)
                 t.run(hint)
-                ys += outs
+                ys += part
         return ys
 
     def _prepare_matvec(self, n: int, norm) -> tuple:

@@ -229,18 +229,9 @@ def _tokens(e, halves, c0, count, n_subs, n_cols, rows):
                 acc = e.fma(off, e.splat(e.scalar(e.xs32, s32), lanes), acc)
             b.store(acc, accs[k])
     valid = b.sub(rows, e.r0)
-    full = b.icmp_signed(">=", valid, ir.Constant(I64, GROUP_ROWS))
     for k in range(count):
         c = b.add(c0, ir.Constant(I64, k))
-        dst = e.gep(e.out, b.add(b.mul(c, rows), e.r0))
-        acc = b.load(accs[k])
-        with b.if_else(full) as (then, otherwise):
-            with then:
-                b.store(acc, b.bitcast(dst, vec(F32, lanes).as_pointer()), align=4)
-            with otherwise:
-                for lane in range(GROUP_ROWS):
-                    with b.if_then(b.icmp_signed(">", valid, ir.Constant(I64, lane))):
-                        b.store(b.extract_element(acc, ir.Constant(I32, lane)), e.gep(dst, lane))
+        e.store_first(b.load(accs[k]), e.gep(e.out, b.add(b.mul(c, rows), e.r0)), valid)
 
 
 def _unpack(qt):

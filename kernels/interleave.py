@@ -100,9 +100,9 @@ for _layout in LAYOUTS.values():
 
 def layout_args(ggml_type: int) -> tuple[int, ...]:
     """A layout as the numba functions below take it: (block bytes, src_m, src_qh, src_qs,
-    vectors, m_at, qh_at, qs_at)."""
+    vectors, m_at, qh_at, qs_at, zero)."""
     lay = LAYOUTS[ggml_type]
-    return (lay.block_bytes, lay.src_m, lay.src_qh, lay.src_qs, lay.vectors, lay.m_at, lay.qh_at, lay.qs_at)
+    return (lay.block_bytes, lay.src_m, lay.src_qh, lay.src_qs, lay.vectors, lay.m_at, lay.qh_at, lay.qs_at, lay.zero)
 
 
 # --- repacking and reading back (numba) ----------------------------------------------------------
@@ -146,7 +146,7 @@ def repack_rows(src, dst, r0, r1, lay):
     their groups of dst uint8 [>= rows, row_bytes] (zeros where rows are missing: a last partial
     group's padding must be zero already), chunk after chunk, 4 bytes at a time. lay:
     layout_args(type)."""
-    block_bytes, src_m, src_qh, src_qs, vectors, m_at, qh_at, qs_at = lay
+    block_bytes, src_m, src_qh, src_qs, vectors, m_at, qh_at, qs_at, _ = lay
     row_bytes = src.shape[1]
     n_blocks = row_bytes // block_bytes
     flat, whole = dst.reshape(-1), src.reshape(-1)
@@ -172,11 +172,11 @@ def repack_rows(src, dst, r0, r1, lay):
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def dequantize_row_x8(data, r, lay, zero, out):
+def dequantize_row_x8(data, r, lay, out):
     """Row r of a repacked weight data uint8 [>= rows, row_bytes] -> out float32 [n_cols], bit
     for bit legacy.py's dequantizers of the row before repacking (d * (u - zero), or d * u + m:
     rounded to float32 before m is added)."""
-    block_bytes, src_m, src_qh, src_qs, vectors, m_at, qh_at, qs_at = lay
+    block_bytes, src_m, src_qh, src_qs, vectors, m_at, qh_at, qs_at, zero = lay
     n_blocks = data.shape[1] // block_bytes
     flat = data.reshape(-1)
     g, k = r // ROWS, r % ROWS
@@ -367,15 +367,7 @@ def _rows_x8(lay: Layout):
                     xd, xs32 = e.gep(e.xd, b.mul(k, n_blocks)), e.gep(e.xs32, b.mul(k, n_blocks))
                     s128 = None if sums128 is None else e.gep(sums128, b.mul(k, n_blocks))
                     result = _group_dot(e, lay, group, xq, xd, xs32, n_blocks, s128)
-                    dst = e.gep(e.out, b.add(b.mul(k, rows), r0))
-                    full = b.icmp_signed(">=", valid, ir.Constant(I64, ROWS))
-                    with b.if_else(full) as (then, otherwise):
-                        with then:
-                            b.store(result, b.bitcast(dst, vec(F32, ROWS).as_pointer()), align=4)
-                        with otherwise:
-                            for lane in range(ROWS):
-                                with b.if_then(b.icmp_signed(">", valid, ir.Constant(I64, lane))):
-                                    b.store(b.extract_element(result, ir.Constant(I32, lane)), e.gep(dst, lane))
+                    e.store_first(result, e.gep(e.out, b.add(b.mul(k, rows), r0)), valid)
             return context.get_dummy_value()
 
         return sig, outlined(f"rows_x8_{lay.name}", codegen)

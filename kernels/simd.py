@@ -155,6 +155,18 @@ class Emitter:
         hi = self.b.shuffle_vector(v, v, self.const(I32, n, list(range(n, 2 * n))))
         return lo, hi
 
+    def store_first(self, v, dst, valid):
+        """v <n x float> to dst[0:n], or only its first valid lanes where valid (i64) < n (the
+        last rows of a matrix whose row count is no multiple of n)."""
+        b, n = self.b, v.type.count
+        with b.if_else(b.icmp_signed(">=", valid, ir.Constant(I64, n))) as (then, otherwise):
+            with then:
+                b.store(v, b.bitcast(dst, vec(F32, n).as_pointer()), align=4)
+            with otherwise:
+                for lane in range(n):
+                    with b.if_then(b.icmp_signed(">", valid, ir.Constant(I64, lane))):
+                        b.store(b.extract_element(v, ir.Constant(I32, lane)), self.gep(dst, lane))
+
     def reduce(self, v):
         """Sum of the lanes: halve the vector until one lane is left."""
         while v.type.count > 1:

@@ -192,6 +192,22 @@ def test_a_repacked_weight_looks_rows_up_as_the_file_holds_them(tensors, qtype):
         w.get_rows([data.shape[0]])
 
 
+def test_a_deferred_weight_is_repacked_by_its_first_job_and_not_by_a_dry_run(tensors):
+    """A model's weights wait (defer) until its kernels are loaded: a dry run's jobs leave them
+    as they are, the first real job repacks them and multiplies by the repacked rows."""
+    from edgellm.kernels import team
+
+    data, n_cols = tensors[T.Q5_0]
+    w = kernels.Weight(data, T.Q5_0, n_cols, defer=True)
+    group = kernels.WeightGroup([w])
+    x = np.random.default_rng(5).standard_normal((1, n_cols), dtype=np.float32)
+    with team.dry_run():
+        group.matmul(x)
+    assert not w.repacked and np.shares_memory(w.data, data)
+    np.testing.assert_array_equal(group.matmul(x)[0], matmul(x, data, T.Q5_0, n_cols))
+    assert w.repacked and not np.shares_memory(w.data, data)
+
+
 def test_repacking_hands_each_step_of_source_rows_to_release(tensors, monkeypatch):
     """The weights are repacked a step of rows at a time (steps side by side on the kernels'
     threads), each step's source rows then released (a model's file pages dropped): every row
