@@ -49,6 +49,7 @@ from .kquants import (
     QK_K, dequantize_block_q4_k, dequantize_block_q5_k, dequantize_block_q6_k,
 )
 from . import jobs
+from .atomics import array_at
 from . import sparse as sparse_kernels
 from .gemm import GROUP_ROWS
 from .interleave import INTERLEAVED_TYPES, LAYOUTS, ROWS, ROWS_PAD, dequantize_row_x8, layout_args, repack_rows
@@ -589,63 +590,56 @@ def _scratch_bytes(kind: int, n: int, n_cols: int, normed: bool = False) -> int:
 def _x_scales(scratch, kind, n, n_cols):
     """The quantized x's float parts in scratch (_scratch_layout): xd, xs32, xs16."""
     codes, floats = _scratch_layout(kind, n, n_cols)
-    xd = scratch[codes : codes + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
-    xs32 = scratch[codes + floats : codes + floats + 4 * n * (n_cols // 32)].view(np.float32).reshape(n, n_cols // 32)
-    xs16 = scratch[codes + 2 * floats : codes + 2 * floats + 4 * n * (n_cols // 16)].view(np.float32).reshape(n, n_cols // 16)
+    at = scratch.ctypes.data + codes
+    xd = array_at(at, np.float32, (n, n_cols // 32))
+    xs32 = array_at(at + floats, np.float32, (n, n_cols // 32))
+    xs16 = array_at(at + 2 * floats, np.float32, (n, n_cols // 16))
     return xd, xs32, xs16
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _x_addresses(desc, x, scratch, kind):
-    """The addresses of x and of its quantized parts in scratch, in desc's MV_ fields."""
-    xd, xs32, xs16 = _x_scales(scratch, kind, x.shape[0], x.shape[1])
-    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = x.ctypes.data, scratch.ctypes.data, xd.ctypes.data
-    desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _quantize_into_scratch(x, scratch, kind, desc, k_blocks):
+@njit(cache=True, nogil=True)
+def _quantize_into_scratch(desc, x, scratch, kind, k_blocks, norm, eps, quantized):
     """x quantized into scratch (16-bit codes for jobs.GEMM, else 8-bit: Q8_K blocks with
-    k_blocks, Q8_0 ones without) and the addresses of codes, xd, xs32, xs16 in desc's MV_
-    fields."""
+    k_blocks, Q8_0 ones without), rms-normed first if norm (its weight) is not empty, the normed
+    x made into scratch after the quantized x's parts (where the kernels read x from); the
+    addresses of x, codes, xd, xs32, xs16 in desc's MV_ fields. quantized: scratch holds x's
+    codes already (the QUANTIZE_X job: _fill_quantize_x), only the addresses are written.
+
+    x is taken as a writable array at its address: the kernels below see one array type
+    whether x or the normed x goes in, and compile once (a numba function compiles once per
+    argument type; a read-only array is a type of its own). A plain call, not inlined: numba
+    inlines by copying the callee's IR at each call site, seconds of a first run's compile."""
     n, n_cols = x.shape
     xd, xs32, xs16 = _x_scales(scratch, kind, n, n_cols)
-    if kind == jobs.GEMM:
-        quantize_into_16(x, scratch[: 2 * n * n_cols].view(np.int16).reshape(n, n_cols), xd, xs32, xs16)
+    src = array_at(x.ctypes.data, np.float32, (n, n_cols))
+    if norm.shape[0] and not quantized:
+        src = array_at(scratch.ctypes.data + _normed_at(kind, n, n_cols), np.float32, (n, n_cols))
+        rms_norm_rows(array_at(x.ctypes.data, np.float32, (n, n_cols)), norm, eps, src)
+    if quantized:
+        pass
+    elif kind == jobs.GEMM:
+        quantize_into_16(src, array_at(scratch.ctypes.data, np.int16, (n, n_cols)), xd, xs32, xs16)
     elif k_blocks:
-        quantize_into_8k(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
+        quantize_into_8k(src, array_at(scratch.ctypes.data, np.int8, (n, n_cols)), xd, xs32, xs16)
     else:
-        quantize_into_8(x, scratch[: n * n_cols].view(np.int8).reshape(n, n_cols), xd, xs32, xs16)
-    _x_addresses(desc, x, scratch, kind)
+        quantize_into_8(src, array_at(scratch.ctypes.data, np.int8, (n, n_cols)), xd, xs32, xs16)
+    desc[jobs.MV_X], desc[jobs.MV_XQ], desc[jobs.MV_XD] = src.ctypes.data, scratch.ctypes.data, xd.ctypes.data
+    desc[jobs.MV_XS32], desc[jobs.MV_XS16] = xs32.ctypes.data, xs16.ctypes.data
 
 
 @njit(cache=True, nogil=True)
 def _fill_quantize_x(desc, x, norm, eps, scratch):
     """desc := the jobs.QUANTIZE_X job that puts x (rms-normed first if norm, its weight, is not
-    empty) into scratch as _normed_into_scratch does for jobs.GEMM, rows shared by the team."""
+    empty) into scratch as _quantize_into_scratch does for jobs.GEMM, rows shared by the team."""
     n, n_cols = x.shape
     xd, xs32, xs16 = _x_scales(scratch, jobs.GEMM, n, n_cols)
     desc[jobs.KIND], desc[jobs.N_ITEMS] = jobs.QUANTIZE_X, -(-n // jobs.QX_ROWS)
     desc[jobs.QX_N], desc[jobs.QX_COLS], desc[jobs.QX_X] = n, n_cols, x.ctypes.data
     desc[jobs.QX_NORM] = norm.ctypes.data if norm.shape[0] else 0
-    desc[jobs.QX_EPS:jobs.QX_EPS + 1].view(np.float64)[0] = eps
+    array_at(desc.ctypes.data + 8 * jobs.QX_EPS, np.float64, (1,))[0] = eps
     desc[jobs.QX_XN] = scratch.ctypes.data + _normed_at(jobs.GEMM, n, n_cols)
     desc[jobs.QX_XQ], desc[jobs.QX_XD] = scratch.ctypes.data, xd.ctypes.data
     desc[jobs.QX_XS32], desc[jobs.QX_XS16] = xs32.ctypes.data, xs16.ctypes.data
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks):
-    """_quantize_into_scratch of x, or with a norm weight (norm not empty) of rms_norm(x, norm,
-    eps), made into scratch after the quantized x's fields (where the kernels read x from)."""
-    if norm.shape[0] == 0:
-        _quantize_into_scratch(x, scratch, kind, desc, k_blocks)
-        return
-    n, n_cols = x.shape
-    at = _normed_at(kind, n, n_cols)
-    xn = scratch[at : at + 4 * n * n_cols].view(np.float32).reshape(n, n_cols)
-    rms_norm_rows(x, norm, eps, xn)
-    _quantize_into_scratch(xn, scratch, kind, desc, k_blocks)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -666,10 +660,7 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, 
     rms-normed first if norm (its weight) is not empty. quantized: scratch holds x's codes
     already (the QUANTIZE_X job: _fill_quantize_x)."""
     n, n_cols = x.shape
-    if quantized:
-        _x_addresses(desc, x, scratch, kind)
-    else:
-        _normed_into_scratch(x, norm, eps, scratch, kind, desc, k_blocks)
+    _quantize_into_scratch(desc, x, scratch, kind, k_blocks, norm, eps, quantized)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS] = n, n_cols
     desc[jobs.MV_F16] = f16.ctypes.data
@@ -742,7 +733,7 @@ _NO_PLANES = tuple(_readonly(np.empty((0, 1), dtype)) for dtype in (np.uint8, np
 def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads, scratch):
     n, n_cols = x.shape
     gemm = kind == jobs.SPARSE_GEMM
-    _quantize_into_scratch(x, scratch, jobs.GEMM if gemm else jobs.MATVEC, desc, False)
+    _quantize_into_scratch(desc, x, scratch, jobs.GEMM if gemm else jobs.MATVEC, False, _NO_NORM, _NO_EPS, False)
     desc[jobs.KIND] = kind
     desc[jobs.MV_N], desc[jobs.MV_COLS], desc[jobs.MV_F16] = n, n_cols, f16.ctypes.data
     desc[jobs.MV_WEIGHTS], desc[jobs.SP_Q8] = len(values), 1 if q8 else 0

@@ -40,7 +40,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit
 
-from .atomics import address_as_pointer
+from .atomics import address_as_pointer, array_at
 from .attend import attend_scores, attend_values
 from .gelu import gelu_mul_range
 from .gemm import gemm_rows
@@ -138,7 +138,7 @@ def attend_item(desc, item):
         keys = carray(address_as_pointer(desc[AT_K] + 2 * kv * desc[AT_K_STRIDE], np.uint16), (m, hd))
         q_pos = carray(address_as_pointer(desc[AT_QPOS], np.int64), (desc[AT_N],))
         k_pos = carray(address_as_pointer(desc[AT_KPOS], np.int64), (m,))
-        scale = desc[AT_SCALE:AT_SCALE + 1].view(np.float64)[0]
+        scale = array_at(desc.ctypes.data + 8 * AT_SCALE, np.float64, (1,))[0]
         attend_scores(q, keys, q_pos[i], k_pos, np.float32(scale), desc[AT_WINDOW], s0, s1, scores,
                       _f32(desc[AT_PMAX] + 4 * item * g, (g,)), _f32(desc[AT_PSUM] + 4 * item * g, (g,)))
     else:
@@ -182,7 +182,7 @@ def quantize_item(desc, item):
     x = _f32(desc[QX_X], (n, n_cols))[r0:r1]
     if desc[QX_NORM]:
         xn = _f32(desc[QX_XN], (n, n_cols))[r0:r1]
-        eps = np.float32(desc[QX_EPS:QX_EPS + 1].view(np.float64)[0])
+        eps = np.float32(array_at(desc.ctypes.data + 8 * QX_EPS, np.float64, (1,))[0])
         rms_norm_rows(x, _f32(desc[QX_NORM], (n_cols,)), eps, xn)
         x = xn
     quantize_into_16(x, carray(address_as_pointer(desc[QX_XQ], np.int16), (n, n_cols))[r0:r1],

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from . import jobs
+from .atomics import array_at
 from .attend import CHUNK, attend_serial, combine_parts, normalize_parts
 from .dispatch import _readonly, _readonly_as_is, current_team, parallel_map
 from .floats import half_to_float
@@ -423,4 +424,4 @@ def _fill_attend(desc, q, k, v, q_pos, k_pos, scale, window, chunk, scores, part
     desc[jobs.AT_SCORES], desc[jobs.AT_WINDOW], desc[jobs.AT_CHUNK] = scores.ctypes.data, window, chunk
     desc[jobs.AT_PMAX], desc[jobs.AT_PSUM], desc[jobs.AT_PACC] = part_max.ctypes.data, part_sum.ctypes.data, part_acc.ctypes.data
     desc[jobs.AT_FACTOR] = factor.ctypes.data
-    desc[jobs.AT_SCALE:jobs.AT_SCALE + 1].view(np.float64)[0] = scale
+    array_at(desc.ctypes.data + 8 * jobs.AT_SCALE, np.float64, (1,))[0] = scale
