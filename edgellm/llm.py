@@ -69,16 +69,25 @@ class GenerationStats:
         }
 
 
+def _has_gguf_magic(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 class LLM:
     def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
                  kv_type: str = "f16"):
         self.path = os.fspath(path) if path is not None else os.fspath(default_model_path())
+        if _has_gguf_magic(self.path):  # a fresh install: the compile overlaps the whole load
+            team.start_compiling_serve()
         self.gguf = GGUFFile(self.path)
         arch = self.gguf.architecture
         if arch not in ARCHITECTURES:
             raise GGUFError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
         self.model = ARCHITECTURES[arch](self.gguf)
-        team.start_compiling_serve()  # a fresh install: overlaps the load and the other kernels' compile
         self.hparams = self.model.hp
         model_kind = self.gguf.get("tokenizer.ggml.model")
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata) if model_kind not in (None, "none") else None

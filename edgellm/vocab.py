@@ -88,7 +88,7 @@ def _build(blob, offsets):
     modulus = np.uint64(size)
     first = dup = -1
     for i in range(n):
-        s, e = offsets[i], offsets[i + 1]
+        s, e = np.int64(offsets[i]), np.int64(offsets[i + 1])  # int64, as every other caller's: one compile
         j = _find(blob, offsets, table, blob, s, e, _NO, _NO)
         if j >= 0:
             if dup < 0:

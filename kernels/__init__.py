@@ -40,10 +40,13 @@ def foreign_environ() -> dict[str, str]:
 
 
 from .footprint import lean_cache_loads  # noqa: E402
+from .scope_copy import fast_scope_copies  # noqa: E402
 
 # Before any kernel loads (the first is the GGUF reader's): a cached kernel loads without numba's
-# whole lowering context, 8 MiB of a run's peak memory (footprint.py).
+# whole lowering context, 8 MiB of a run's peak memory (footprint.py); and before any compiles:
+# an inlined function's IR copies in a fraction of the time (scope_copy.py).
 lean_cache_loads()
+fast_scope_copies()
 
 from .dispatch import (  # noqa: E402
     SUPPORTED_TYPES, Weight, WeightGroup, dequantize, get_rows, matmul, matmul_group, set_num_threads,

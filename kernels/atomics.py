@@ -10,6 +10,7 @@ instruction.
     prefetch(addr)                 fetch the cache line at an int64 address into L2 (a hint)
     address_as_pointer(addr, ty)   an int64 address as a typed pointer, for numba.carray
     array_at(addr, ty, shape)      the array of ty at an int64 address (carray of the above)
+    call_at(f, a, b)               call the C function void f(int64 a, int64 b) at address f
 
 `a` is a 1-D int64 array. Sequential consistency everywhere: on x86 the loads are plain moves
 and the stores and read-modify-writes locked instructions anyway; on ARM it gives the barriers a
@@ -108,6 +109,18 @@ def array_at(addr, dtype, shape):
     ndarray.view(dtype) gives, for numba code. Each ndarray.view call site compiles a helper of
     its own (~0.25 s of a first run apiece); this compiles in a few ms."""
     return carray(address_as_pointer(addr, dtype), shape)
+
+
+@intrinsic
+def call_at(typingctx, f, a, b):
+    """Call the C function void(int64, int64) at address f (int64) with a and b: a numba cfunc
+    compiled apart (its .address), so that its code is not compiled into the caller's."""
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(ir.VoidType(), [I64, I64])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [args[1], args[2]])
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64, types.int64), codegen
 
 
 @intrinsic

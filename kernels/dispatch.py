@@ -301,11 +301,16 @@ class Weight:
 
     def get_rows(self, row_ids) -> np.ndarray:
         """Rows row_ids (an embedding lookup in a tied output matrix), as get_rows() on the
-        bytes given."""
-        if self.ggml_type not in INTERLEAVED_TYPES or not self.repacked:
+        bytes given. A legacy type's are looked up in its repacked rows (repacked first if
+        deferred, as a job does; in a dry run, which leaves the weight as it is, they are zeros:
+        the lookup of the bytes as given would compile a kernel that no real pass runs)."""
+        if self.ggml_type not in INTERLEAVED_TYPES:
             return get_rows(self.data, self.ggml_type, self.n_cols, row_ids)
         ids = _row_ids(row_ids, self.rows)
-        out = np.empty((ids.size, self.n_cols), np.float32)
+        out = np.zeros((ids.size, self.n_cols), np.float32)
+        if in_dry_run():
+            return out
+        self.repack()
         _rows_x8(self.padded, ids, layout_args(self.ggml_type), out)
         return out
 
@@ -721,7 +726,7 @@ class SparseWeightGroup:
             done += used
             with t.lock:
                 _fill_sparse(t.desc, kind, values, index, scales, self.q8, x, _F16, outs_part,
-                             t.n_threads, t.scratch(scratch_bytes))
+                             t.n_threads, t.scratch(scratch_bytes), jobs.sparse_runner())
                 t.run(hint)
         return outs
 
@@ -730,8 +735,9 @@ _NO_PLANES = tuple(_readonly(np.empty((0, 1), dtype)) for dtype in (np.uint8, np
 
 
 @njit(cache=True, nogil=True)
-def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads, scratch):
+def _fill_sparse(desc, kind, values, index, scales, q8, x, f16, outs, n_threads, scratch, runner):
     n, n_cols = x.shape
+    desc[jobs.SP_RUNNER] = runner
     gemm = kind == jobs.SPARSE_GEMM
     _quantize_into_scratch(desc, x, scratch, jobs.GEMM if gemm else jobs.MATVEC, False, _NO_NORM, _NO_EPS, False)
     desc[jobs.KIND] = kind

@@ -25,7 +25,10 @@ second copy of the kernels in serve cost 1.6 s of every first run's compile.)
 
 SPARSE, outs[w] = x @ W_w.T for a few x rows and up to GROUP 2:4 weights in the compact planes
 (sparse.py): items are runs of rows of one weight. SPARSE_GEMM, the same for many x rows in
-16-bit integers: items are runs of rows that start at multiples of gemm.GROUP_ROWS.
+16-bit integers: items are runs of rows that start at multiples of gemm.GROUP_ROWS. Their code
+is not in serve: run_item calls it at the address in desc[SP_RUNNER], a C function compiled
+apart (sparse_runner()) once a model has 2:4 weights, so that every other model's first run
+does not compile it (4.8 of serve's 16 s on a Zen 1 core).
 
 GELU_MUL, out = gelu(g) * u over a prefill's FFN activations (gelu.py): items are runs of
 GELU_ITEM values.
@@ -37,10 +40,12 @@ GEMM job that reads them is posted after it.
 
 from __future__ import annotations
 
-import numpy as np
-from numba import carray, njit
+import functools
 
-from .atomics import address_as_pointer, array_at
+import numpy as np
+from numba import carray, cfunc, njit, types
+
+from .atomics import address_as_pointer, array_at, call_at
 from .attend import attend_scores, attend_values
 from .gelu import gelu_mul_range
 from .gemm import gemm_rows
@@ -63,11 +68,12 @@ PF0 = MV_W0 + MV_W_FIELDS * GROUP
 PF_RANGES = 3 * GROUP
 DESC_SIZE = PF0 + 2 * PF_RANGES
 
-# SPARSE and SPARSE_GEMM fields: as MATVEC / GEMM, up to GROUP weights, with SP_Q8 (1: int8
+# SPARSE and SPARSE_GEMM fields: as MATVEC / GEMM, up to GROUP weights, with SP_RUNNER (the
+# address of sparse_runner()'s C function), SP_Q8 (1: int8
 # values) and per weight the planes in place of W_DATA and W_TYPE: VALUES (W_DATA) uint8
 # [rows, W_ROW_BYTES], INDEX (SW_INDEX) uint8 [rows, n_cols / 8], SCALES (SW_SCALES) uint16
 # [rows, n_cols / 32].
-SP_Q8 = 11
+SP_Q8, SP_RUNNER = 11, 12
 SW_INDEX, SW_SCALES = W_TYPE, 7
 
 # ATTEND and ATTEND_V fields: q [n, n_head, hd] (C order); k, v: n_kv heads of [m, hd] /
@@ -168,6 +174,21 @@ def sparse_item(desc, item):
         sparse_rows(values, index, scales, xq, xd, f16, out, start, stop, q8)
 
 
+def _sparse_entry(desc_addr, item):
+    sparse_item(carray(address_as_pointer(desc_addr, np.int64), (DESC_SIZE,)), item)
+
+
+@functools.cache
+def _sparse_cfunc():
+    return cfunc(types.void(types.int64, types.int64), cache=True)(_sparse_entry)  # held here: its code lives as long
+
+
+def sparse_runner() -> int:
+    """The address of the C function void(desc address, item) that runs a SPARSE or
+    SPARSE_GEMM item, compiled (or loaded from numba's disk cache) on the first call."""
+    return _sparse_cfunc().address
+
+
 @njit(cache=True, nogil=True, inline="always")
 def gelu_item(desc, item):
     n = desc[GE_N]
@@ -197,7 +218,7 @@ def run_item(desc, item):
     elif desc[KIND] == ATTEND or desc[KIND] == ATTEND_V:
         attend_item(desc, item)
     elif desc[KIND] == SPARSE or desc[KIND] == SPARSE_GEMM:
-        sparse_item(desc, item)
+        call_at(desc[SP_RUNNER], desc.ctypes.data, item)
     elif desc[KIND] == GELU_MUL:
         gelu_item(desc, item)
     elif desc[KIND] == QUANTIZE_X:

@@ -127,13 +127,15 @@ def _spin(n):
 # A fresh install compiles serve (every job's code: most of a first run's compile time) in a
 # second process while this one goes on loading the model and compiling the other kernels (numba
 # compiles one function at a time per process); the first call of serve then loads its machine
-# code from numba's disk cache. _compiler: that process while it runs.
+# code from numba's disk cache. That process then compiles what this one runs only after its
+# warm-up too (woke, the repacking kernels: dispatch.load_repack_code), so that the two finish
+# together. _compiler: that process while it runs.
 _compiler: list = []
 _compiler_lock = threading.Lock()
 # sys.path[0] of `python -c` is the current folder: in a source checkout its edgellm/ would
 # shadow the installed package (whose kernels are edgellm.kernels), so it goes (as with -P).
-_COMPILE_SERVE = ("import sys; del sys.path[0]; from edgellm.kernels.team import SERVE_TYPES, serve; "
-                  "serve.compile(SERVE_TYPES)")
+_COMPILE_SERVE = ("import sys; del sys.path[0]; from edgellm.kernels.team import load_team_code; load_team_code(); "
+                  "from edgellm.kernels.dispatch import load_repack_code; load_repack_code()")
 SERVE_TYPES = (types.int64[::1], types.int64[::1], types.boolean, types.int64)  # ctl, desc, post, idle_spins
 
 
