@@ -25,10 +25,10 @@ from enum import IntEnum
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from edgellm.errors import EdgeLLMError
 from edgellm.kernels.ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType
+from edgellm.kernels.jit import njit
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS

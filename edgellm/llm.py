@@ -200,7 +200,10 @@ class LLM:
     def _warm_up(self, token: int, dry: bool) -> None:
         """A batch long enough for the prefill paths (the parallel element-wise loops start at
         64k values) and one decode step, through the empty cache, emptied again afterwards.
-        dry: every team job skipped (no weight read), for loading the kernels only."""
+        dry: every team job skipped (no weight read), for loading the kernels only. On a fresh
+        install the passes are dry too while the team's code compiles in a second process
+        (kernels/team.py), and real ones follow only if that process did not leave it in the
+        disk cache (then it compiles here, on them)."""
         n = min(WARM_UP_TOKENS, self.kv_cache.n_ctx - 1)
         if n < 1:
             return
@@ -213,6 +216,8 @@ class LLM:
                 if dry:
                     return
                 team.wait_for_serve()
+                if team.in_disk_cache(team.serve):  # compiled there: loaded with the rest, as on a warm start
+                    return
             self._warm_up_passes(token, n, self.kv_cache)
 
     def _warm_up_passes(self, token: int, n: int, cache: KVCache) -> None:

@@ -9,7 +9,9 @@ import time
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from edgellm.kernels.jit import njit
 
 
 def physical_cores() -> int:

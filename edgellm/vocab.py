@@ -18,9 +18,9 @@ its sides changed is skipped when it comes out of the queue.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from edgellm.gguf_file import GGUFError, StringArray
+from edgellm.kernels.jit import njit
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import carray, njit, types
+from numba import carray, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .jit import njit
 
 I32, I64 = ir.IntType(32), ir.IntType(64)
 ORDER = "seq_cst"

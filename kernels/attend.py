@@ -18,8 +18,8 @@ they multiply V, which is why they are normalized before that product rather tha
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from .jit import njit
 from .simd import exp_inplace, pv_accumulate, qk_dots, round_f16
 
 # A chunk whose max is this far below the overall max weighs less than float32 resolution: it

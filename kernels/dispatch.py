@@ -41,10 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .ggml_types import GGML_QUANT_SIZES, GGMLQuantizationType as T
 from .floats import dequantize_row_bf16, dequantize_row_f16, dequantize_row_f32
+from .jit import njit
 from .kquants import (
     QK_K, dequantize_block_q4_k, dequantize_block_q5_k, dequantize_block_q6_k,
 )
@@ -587,8 +588,9 @@ def _normed_at(kind, n, n_cols):
 
 def _scratch_bytes(kind: int, n: int, n_cols: int, normed: bool = False) -> int:
     """Bytes _fill_weights and _fill_sparse need for the quantized x (and normed: the normalized
-    x, after it)."""
-    return _normed_at(kind, n, n_cols) + (4 * n * n_cols if normed else 0)
+    x, after it). In Python (py_func): a call of the numba function would compile it."""
+    codes, floats = _scratch_layout.py_func(kind, n, n_cols)
+    return codes + 3 * floats + (4 * n * n_cols if normed else 0)
 
 
 @njit(cache=True, nogil=True, inline="always")

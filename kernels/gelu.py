@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
+from .jit import njit
 from .simd import f16_bits
 
 LIMIT = 10.0  # beyond +-LIMIT: 0 below, the identity above (ggml_vec_geglu_f32)

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import interleave
 from .interleave import LAYOUTS, ROWS
+from .jit import njit
 from .matvec import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 from .simd import (
     F32, I8, I16, I32, I64, QUANT_TYPES, SPLIT_PAIRS, VNNI_512, Emitter, idot16, outlined, vec,

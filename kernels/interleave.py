@@ -41,11 +41,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .floats import read_f16
+from .jit import njit
 from .simd import (
     AVX2, DOTPROD, F32, I8, I16, I32, I64, PREFETCH_BYTES, ROWS_ARGS, VNNI, Emitter,
     _sum_pairs, declare, idot, idot_signed, outlined, vec,

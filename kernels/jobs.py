@@ -43,12 +43,13 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import carray, cfunc, njit, types
+from numba import carray, cfunc, types
 
 from .atomics import address_as_pointer, array_at, call_at
 from .attend import attend_scores, attend_values
 from .gelu import gelu_mul_range
 from .gemm import gemm_rows
+from .jit import njit
 from .matvec import matvec_rows, quantize_into_16
 from .norm import rms_norm_rows
 from .sparse import gemm_sparse_rows, sparse_rows

@@ -20,9 +20,9 @@ Loops run to a slice's length, not to a literal count: see legacy.py (vectorizat
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from .floats import read_f16
+from .jit import njit
 
 QK_K = 256  # values per super-block
 

@@ -21,9 +21,9 @@ narrow it to 32-bit lanes.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from .floats import read_f16
+from .jit import njit
 
 QK = 32  # values per block
 

@@ -10,9 +10,9 @@ a range of rows, the work item that the thread team (team.py) hands out, several
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from .interleave import rows_x8_q4_0, rows_x8_q4_1, rows_x8_q5_0, rows_x8_q5_1, rows_x8_q8_0
+from .jit import njit
 from .simd import (
     quantize_row_8, quantize_row_8k, quantize_row_16, rows_bf16, rows_f16, rows_f32, rows_q4_k, rows_q5_k, rows_q6_k,
 )

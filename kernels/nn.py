@@ -9,7 +9,6 @@ more than the arithmetic. Shapes: n = tokens in the batch, d = model width, hd =
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from . import jobs
 from .atomics import array_at
@@ -17,6 +16,7 @@ from .attend import CHUNK, attend_serial, combine_parts, normalize_parts
 from .dispatch import _readonly, _readonly_as_is, current_team, parallel_map
 from .floats import half_to_float
 from .gelu import gelu_mul_range, gelu_table
+from .jit import njit
 from .norm import add_rms_norm_rows, rms_norm, rms_norm_rows  # noqa: F401  (rms_norm: nn's, for the models)
 from .simd import exp_inplace, f16_bits, round_f16
 

@@ -5,7 +5,8 @@ of x (dispatch) and the Q/K norms fused with RoPE (nn.norm_rope), so that all gi
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from .jit import njit
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

@@ -37,12 +37,13 @@ import copy
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .floats import half_to_float
 from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
+from .jit import njit
 from .simd import (
     NEON, X86, AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined,
     vec,

@@ -38,9 +38,10 @@ import threading
 import time
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
 from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, prefetch
+from .jit import njit
 from .jobs import DESC_SIZE, N_ITEMS, PF0, PF_RANGES, run_item
 
 LEFT, DONE, ASLEEP, STOP, REST = 0, 8, 16, 24, 32  # int64 offsets, 64 bytes apart

@@ -269,10 +269,13 @@ def test_a_first_run_says_it_compiles_and_warms_up_without_changing_the_output(m
     assert llm.kv_cache.n_past == n_prompt + len(batches) - 3
 
 
-def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, monkeypatch):
-    """While a second process compiles the team's serve, the warm-up runs its passes once with the
-    team's jobs left out (compiling every other kernel), waits, then once for real: the output is
-    unchanged by the dry passes' garbage, which leave no warning behind."""
+@pytest.mark.parametrize("landed", [True, False])
+def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, monkeypatch, landed):
+    """While a second process compiles the team's serve, the warm-up runs its passes with the
+    team's jobs left out (compiling every other kernel) and waits; then serve loads from the disk
+    cache as on a warm start, or, if it did not land there (landed=False), the passes run once
+    more for real, compiling it here. The output is unchanged by the dry passes' garbage, which
+    leave no warning behind."""
     import warnings
 
     import edgellm.kernels
@@ -284,7 +287,8 @@ def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, mon
     llm = edgellm.load(model_path, ctx=256)
     monkeypatch.setattr(edgellm.kernels, "needs_compiling", lambda: True)
     monkeypatch.setattr(team, "start_compiling_serve", lambda: True)
-    waits, dry, posted_dry = [], [], []
+    monkeypatch.setattr(team, "in_disk_cache", lambda kernel: landed)
+    waits, dry, batches, posted_dry = [], [], [], []
     monkeypatch.setattr(team, "wait_for_serve", lambda: waits.append(len(dry)))
     real_serve = team.serve
 
@@ -300,14 +304,18 @@ def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, mon
 
     def counting(ids, *args, **kwargs):
         dry.append(team._dry_run.on)
+        batches.append(len(ids))
         return forward(ids, *args, **kwargs)
 
     monkeypatch.setattr(llm.model, "forward", counting)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(llm.generate(prompt, max_tokens=8)) == plain
-    assert dry[:5] == [True, True, False, False, False]
-    assert waits == [2, 4]  # after the dry passes, then by load_team_code (nothing left to wait for)
+    warm_up = 2 if landed else 4
+    n_prompt = len(llm.tokenize(prompt))
+    assert batches[: warm_up + 1] == [WARM_UP_TOKENS, 1] * (warm_up // 2) + [n_prompt]
+    assert dry[: warm_up + 1] == [True, True] + [False] * (warm_up - 1)
+    assert waits == [2, warm_up]  # after the dry passes, then by load_team_code (nothing left to wait for)
     assert posted_dry and not any(posted_dry)  # no job was posted during the dry passes
 
 
