@@ -54,8 +54,8 @@ if "NUMBA_CACHE_DIR" not in _os.environ:
 __version__ = "0.1.0"
 
 
-def load(path=None, threads=None, ctx=4096, kv_type="f16"):
+def load(path=None, threads=None, ctx=4096, kv_type="f16", on_compile=None):
     """Open a GGUF model (None: the bundled default model). See edgellm.llm.LLM."""
     from edgellm.llm import LLM  # imported here so that `import edgellm` stays cheap
 
-    return LLM(path, threads=threads, ctx=ctx, kv_type=kv_type)
+    return LLM(path, threads=threads, ctx=ctx, kv_type=kv_type, on_compile=on_compile)

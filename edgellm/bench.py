@@ -87,10 +87,10 @@ def weight_bytes_per_token(model) -> int:
 class EdgeEngine:
     name = "edgellm"
 
-    def __init__(self, model_path, threads, n_ctx, kv_type="f16"):
+    def __init__(self, model_path, threads, n_ctx, kv_type="f16", on_compile=None):
         from edgellm.llm import LLM
 
-        self.llm = LLM(model_path, threads=threads, ctx=n_ctx, kv_type=kv_type)
+        self.llm = LLM(model_path, threads=threads, ctx=n_ctx, kv_type=kv_type, on_compile=on_compile)
         self.bytes_per_token = weight_bytes_per_token(self.llm.model)
 
     def eval_tokens(self, ids, fresh):
@@ -229,8 +229,8 @@ def bench(model_path, n_prompt=512, n_gen=128, threads=None, reps=3, vs_llama_cp
     # module and libraries (~8 MiB) to this process's peak RSS, which is edgellm's figure.
     if vs_llama_cpp and importlib.util.find_spec("llama_cpp") is None:
         raise EdgeLLMError("--vs-llama-cpp needs llama-cpp-python: pip install 'edgellm[bench]'")
-    engines = [EdgeEngine(model_path, threads, n_ctx, kv_type)]
-    engines[0].llm.on_compile = lambda: say("compiling kernels (first run only)...")
+    notice = lambda: say("compiling kernels (first run only)...")  # noqa: E731
+    engines = [EdgeEngine(model_path, threads, n_ctx, kv_type, on_compile=notice)]
     if vs_llama_cpp:
         engines.append(LlamaCppEngine(model_path, threads, n_ctx))
     ours = engines[0]

@@ -103,10 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def announce_compiling(llm) -> None:
-    """One line on stderr when the first forward pass is about to compile the kernels (seconds
-    of silence otherwise); after every check of the input, so an error stays one line."""
-    llm.on_compile = lambda: print("edgellm: compiling kernels (first run only)...", file=sys.stderr, flush=True)
+def announce_compiling() -> None:
+    """One line on stderr when this run will compile the kernels (seconds of silence otherwise):
+    edgellm.load's on_compile, called once the model file has loaded, so that a bad flag or a bad
+    file stays a one-line error."""
+    print("edgellm: compiling kernels (first run only)...", file=sys.stderr, flush=True)
 
 
 def _positive(value: int | None, name: str) -> None:
@@ -120,8 +121,8 @@ def cmd_run(args) -> int:
     _positive(args.threads, "--threads")
     if args.n_predict < 0:
         raise EdgeLLMError(f"-n must be >= 0, got {args.n_predict}")
-    llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, kv_type=args.kv_type)
-    announce_compiling(llm)
+    llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, kv_type=args.kv_type,
+                       on_compile=announce_compiling)
     pieces = llm.generate(
         args.prompt, max_tokens=args.n_predict, temperature=args.temp, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty, seed=args.seed,
@@ -182,8 +183,7 @@ def cmd_perplexity(args) -> int:
         raise EdgeLLMError(f"cannot read {args.file}: {e.strerror if isinstance(e, OSError) else e}") from None
     import edgellm
 
-    llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx)
-    announce_compiling(llm)
+    llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, on_compile=announce_compiling)
     result = perplexity(llm, text, args.ctx, progress=lambda i, n, ppl: print(
         f"[{i}]{ppl:.4f}", end="," if i < n else "\n", file=sys.stderr, flush=True))
     print(f"PPL = {result.ppl:.4f} ± {result.error:.4f}  ({result.n_chunks} chunks of {args.ctx}, "

@@ -269,6 +269,21 @@ def test_a_first_run_says_it_compiles_and_warms_up_without_changing_the_output(m
     assert llm.kv_cache.n_past == n_prompt + len(batches) - 3
 
 
+def test_on_compile_given_to_load_is_called_once_the_file_has_loaded(model_path, monkeypatch):
+    """edgellm.load(on_compile=...) says so at load, before the tokenizer's and the kernels'
+    compile (a fresh install), and not again at the first pass; nothing is said on a warm one."""
+    import edgellm.kernels
+
+    calls = []
+    edgellm.load(model_path, ctx=64, on_compile=lambda: calls.append("warm"))
+    assert calls == []
+    monkeypatch.setattr(edgellm.kernels, "needs_compiling", lambda: True)
+    llm = edgellm.load(model_path, ctx=64, on_compile=lambda: calls.append("cold"))
+    assert calls == ["cold"]  # during load, before any pass
+    assert list(llm.generate("The capital of France is", max_tokens=2))
+    assert calls == ["cold"]
+
+
 @pytest.mark.parametrize("landed", [True, False])
 def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, monkeypatch, landed):
     """While a second process compiles the team's serve, the warm-up runs its passes with the
