@@ -121,6 +121,10 @@ def cmd_run(args) -> int:
     _positive(args.threads, "--threads")
     if args.n_predict < 0:
         raise EdgeLLMError(f"-n must be >= 0, got {args.n_predict}")
+    from edgellm.sampling import SamplingParams
+
+    # checked before the load, whose fresh-install notice would come before the error otherwise
+    SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, seed=args.seed).validate()
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, kv_type=args.kv_type,
                        on_compile=announce_compiling)
     pieces = llm.generate(

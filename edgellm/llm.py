@@ -80,10 +80,10 @@ def _has_gguf_magic(path: str) -> bool:
 class LLM:
     def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
                  kv_type: str = "f16", on_compile=None):
-        """on_compile: called once, as soon as the file has loaded as a model, if this run will
-        compile the kernels (a fresh install): a front end's notice, before the seconds that the
-        tokenizer's and the kernels' compile take. A front end may instead set self.on_compile
-        after loading: then it is called before the first forward pass."""
+        """on_compile: called once at the end of loading (the file and the settings checked), if
+        this run will compile the kernels (a fresh install): a front end's notice, before the
+        seconds that the tokenizer's and the kernels' compile take. A front end may instead set
+        self.on_compile after loading: then it is called before the first forward pass."""
         self.path = os.fspath(path) if path is not None else os.fspath(default_model_path())
         if _has_gguf_magic(self.path):  # a fresh install: the compile overlaps the whole load
             team.start_compiling_serve()
@@ -92,15 +92,6 @@ class LLM:
         if arch not in ARCHITECTURES:
             raise GGUFError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
         self.model = ARCHITECTURES[arch](self.gguf)
-        # Called once, before the first forward pass, if that pass will compile the kernels
-        # (a fresh install): front ends set it to say so instead of going silent for seconds.
-        self.on_compile = None
-        if on_compile is not None:
-            from edgellm.kernels import needs_compiling
-
-            if needs_compiling():
-                on_compile()
-                self.on_compile = lambda: None  # said: the first pass still compiles as announced
         self.hparams = self.model.hp
         model_kind = self.gguf.get("tokenizer.ggml.model")
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata) if model_kind not in (None, "none") else None
@@ -118,6 +109,15 @@ class LLM:
         self.kv_type = kv_type
         self.kv_cache = KVCache(self.hparams, self.n_ctx, kv_type)
         self.last_stats = GenerationStats()
+        # Called once, before the first forward pass, if that pass will compile the kernels
+        # (a fresh install): front ends set it to say so instead of going silent for seconds.
+        self.on_compile = None
+        if on_compile is not None:  # given: said now, every check of the file and settings passed
+            from edgellm.kernels import needs_compiling
+
+            if needs_compiling():
+                on_compile()
+                self.on_compile = lambda: None  # said: the first pass still compiles as announced
         self._kernels_ready = False  # _compile_if_needed has run
         self._chat_session = None  # created by the first chat() call
 

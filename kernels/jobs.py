@@ -69,11 +69,10 @@ PF0 = MV_W0 + MV_W_FIELDS * GROUP
 PF_RANGES = 3 * GROUP
 DESC_SIZE = PF0 + 2 * PF_RANGES
 
-# SPARSE and SPARSE_GEMM fields: as MATVEC / GEMM, up to GROUP weights, with SP_RUNNER (the
-# address of sparse_runner()'s C function), SP_Q8 (1: int8
-# values) and per weight the planes in place of W_DATA and W_TYPE: VALUES (W_DATA) uint8
-# [rows, W_ROW_BYTES], INDEX (SW_INDEX) uint8 [rows, n_cols / 8], SCALES (SW_SCALES) uint16
-# [rows, n_cols / 32].
+# SPARSE and SPARSE_GEMM fields: as MATVEC / GEMM, up to GROUP weights, with SP_Q8 (1: int8
+# values), SP_RUNNER (the address of sparse_runner()'s C function) and per weight the planes in
+# place of W_DATA and W_TYPE: VALUES (W_DATA) uint8 [rows, W_ROW_BYTES], INDEX (SW_INDEX) uint8
+# [rows, n_cols / 8], SCALES (SW_SCALES) uint16 [rows, n_cols / 32].
 SP_Q8, SP_RUNNER = 11, 12
 SW_INDEX, SW_SCALES = W_TYPE, 7
 
@@ -180,8 +179,8 @@ def _sparse_entry(desc_addr, item):
 
 
 @functools.cache
-def _sparse_cfunc():
-    return cfunc(types.void(types.int64, types.int64), cache=True)(_sparse_entry)  # held here: its code lives as long
+def _sparse_cfunc():  # cached: the C function's code lives as long as this object
+    return cfunc(types.void(types.int64, types.int64), cache=True)(_sparse_entry)
 
 
 def sparse_runner() -> int:

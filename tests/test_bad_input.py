@@ -4,6 +4,7 @@ Each corruption is made from a valid tiny GGUF by overwriting one field, so the 
 exactly which check must catch it.
 """
 
+import os
 import struct
 import subprocess
 import sys
@@ -40,9 +41,9 @@ def _tensor_info_offset(data: bytes, name: str) -> int:
     return at + len(key)
 
 
-def _run_cli(*args):
+def _run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "edgellm.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
 
 
 def _assert_one_line_error(result, *words):
@@ -141,3 +142,13 @@ def test_bad_flag_values(tmp_path, good):
     _assert_one_line_error(_run_cli("run", path, "-p", "hi", "--top-p", "0"), "top-p")
     _assert_one_line_error(_run_cli("run", path, "-p", "hi", "-t", "0"), "threads")
     _assert_one_line_error(_run_cli("run", path, "-p", "hi", "-n", "x"), "invalid int")
+
+
+def test_a_bad_flag_on_a_fresh_install_is_one_line_too(tmp_path, good):
+    """A fresh install says "compiling kernels" once the model has loaded: the flags are checked
+    before, so that the error is still the only line (and nothing compiles)."""
+    path = _write(tmp_path, good, "ok.gguf")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    for flag, value, word in (("--top-p", "0", "top-p"), ("--temp", "-1", "temperature"),
+                              ("--min-p", "2", "min-p"), ("--repeat-penalty", "0", "repeat penalty")):
+        _assert_one_line_error(_run_cli("run", path, "-p", "hi", flag, value, env=env), word)
