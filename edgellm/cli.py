@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from edgellm import compile_ahead
 from edgellm.errors import EdgeLLMError
 
 
@@ -125,6 +126,7 @@ def cmd_run(args) -> int:
 
     # checked before the load, whose fresh-install notice would come before the error otherwise
     SamplingParams(args.temp, args.top_k, args.top_p, args.min_p, args.repeat_penalty, seed=args.seed).validate()
+    compile_ahead.start_early(args.model)
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, kv_type=args.kv_type,
                        on_compile=announce_compiling)
     pieces = llm.generate(
@@ -187,6 +189,7 @@ def cmd_perplexity(args) -> int:
         raise EdgeLLMError(f"cannot read {args.file}: {e.strerror if isinstance(e, OSError) else e}") from None
     import edgellm
 
+    compile_ahead.start_early(args.model)
     llm = edgellm.load(args.model, threads=args.threads, ctx=args.ctx, on_compile=announce_compiling)
     result = perplexity(llm, text, args.ctx, progress=lambda i, n, ppl: print(
         f"[{i}]{ppl:.4f}", end="," if i < n else "\n", file=sys.stderr, flush=True))

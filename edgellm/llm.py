@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from edgellm import compile_ahead
 from edgellm.default_model import default_model_path
 from edgellm.errors import EdgeLLMError
 from edgellm.gguf_file import GGUFError, GGUFFile
@@ -69,14 +70,6 @@ class GenerationStats:
         }
 
 
-def _has_gguf_magic(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 class LLM:
     def __init__(self, path: str | os.PathLike | None = None, threads: int | None = None, ctx: int = 4096,
                  kv_type: str = "f16", on_compile=None):
@@ -85,7 +78,7 @@ class LLM:
         seconds that the tokenizer's and the kernels' compile take. A front end may instead set
         self.on_compile after loading: then it is called before the first forward pass."""
         self.path = os.fspath(path) if path is not None else os.fspath(default_model_path())
-        if _has_gguf_magic(self.path):  # a fresh install: the compile overlaps the whole load
+        if compile_ahead.has_gguf_magic(self.path):  # a fresh install: the compile overlaps the whole load
             team.start_compiling_serve()
         self.gguf = GGUFFile(self.path)
         arch = self.gguf.architecture
@@ -206,6 +199,8 @@ class LLM:
         release_library_pages()
         trim_heap()
         self.model.repack_weights()  # after the compiler's pages have gone: never resident together
+        if team.in_disk_cache(team.serve):  # a later run may start its compile early (compile_ahead)
+            compile_ahead.mark_compiled()
 
     def _warm_up(self, token: int, dry: bool) -> None:
         """A batch long enough for the prefill paths (the parallel element-wise loops start at

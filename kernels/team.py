@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -130,13 +127,10 @@ def _spin(n):
 # compiles one function at a time per process); the first call of serve then loads its machine
 # code from numba's disk cache. That process then compiles what this one runs only after its
 # warm-up too (woke, the repacking kernels: dispatch.load_repack_code), so that the two finish
-# together. _compiler: that process while it runs.
+# together. It is edgellm.compile_ahead's (a front end may have started it before numba was
+# imported). _compiler: that process while it runs.
 _compiler: list = []
 _compiler_lock = threading.Lock()
-# sys.path[0] of `python -c` is the current folder: in a source checkout its edgellm/ would
-# shadow the installed package (whose kernels are edgellm.kernels), so it goes (as with -P).
-_COMPILE_SERVE = ("import sys; del sys.path[0]; from edgellm.kernels.team import load_team_code; load_team_code(); "
-                  "from edgellm.kernels.dispatch import load_repack_code; load_repack_code()")
 SERVE_TYPES = (types.int64[::1], types.int64[::1], types.boolean, types.int64)  # ctl, desc, post, idle_spins
 
 
@@ -157,17 +151,21 @@ def in_disk_cache(kernel) -> bool:
 
 
 def start_compiling_serve() -> bool:
-    """If serve has no machine code in the disk cache, start compiling it in a second process.
-    Returns whether a compile is under way (in that process)."""
+    """If serve has no machine code in the disk cache, start compiling it in a second process
+    (or take over the one a front end started: compile_ahead.start_early). Returns whether a
+    compile is under way (in that process)."""
+    from edgellm import compile_ahead  # process plumbing, not models: imported where used
+
     with _compiler_lock:
+        early = compile_ahead.take_early()
+        if early is not None:
+            _compiler.append(early)
         if _compiler or serve.signatures or in_disk_cache(serve):
             return bool(_compiler)
-        try:
-            _compiler.append(subprocess.Popen([sys.executable, "-c", _COMPILE_SERVE], env=os.environ.copy(),
-                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
-        except OSError:  # no second process: serve compiles here when first called
+        process = compile_ahead.spawn()
+        if process is None:  # no second process: serve compiles here when first called
             return False
+        _compiler.append(process)
         return True
 
 

@@ -342,3 +342,35 @@ def test_serve_compiles_in_a_second_process_on_a_fresh_install(tmp_path):
             "assert not team.start_compiling_serve()")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=600)
+
+
+def test_a_front_end_starts_the_compile_early_on_a_fresh_install_only(model_path, tmp_path, monkeypatch):
+    """compile_ahead.start_early starts the compile process when the cache has no marker and the
+    file is a GGUF one; the team takes that process over rather than starting its own; a run that
+    has its kernels writes the marker, and then nothing starts early."""
+    import subprocess
+
+    from edgellm import compile_ahead
+    from edgellm.kernels import team
+
+    started = []
+
+    def spawn():  # a stand-in for the compile: a process that ends at once
+        started.append(subprocess.Popen([sys.executable, "-c", "pass"]))
+        return started[-1]
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compile_ahead, "spawn", spawn)
+    compile_ahead.start_early(tmp_path / "missing.gguf")
+    assert started == []  # not a GGUF file: the load will say so, nothing starts
+    compile_ahead.start_early(model_path)
+    assert len(started) == 1
+    compile_ahead.start_early(model_path)
+    assert len(started) == 1  # once
+    assert team.start_compiling_serve()  # taken over, not a second one
+    assert len(started) == 1 and team._compiler == started
+    team.wait_for_serve()
+    assert compile_ahead.take_early() is None
+    compile_ahead.mark_compiled()
+    compile_ahead.start_early(model_path)
+    assert len(started) == 1  # the marker: a warm install

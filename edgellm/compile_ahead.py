@@ -1,0 +1,76 @@
+"""The second process of a fresh install's compile (kernels/team.py: the team's serve, woke and
+the repacking kernels into numba's disk cache), started by a front end as soon as its flags are
+checked: before the ~0.5 s of importing numba and the kernels that an exact look at numba's cache
+takes. Whether the install is fresh is read from a marker file that a run writes into the cache
+folder once its kernels are ready (LLM); a wrong guess costs only time either way (a process
+that finds serve cached and ends, or the start at load, as without this).
+
+    start_early(model_path)   start it now if the marker is missing and model_path is a GGUF file
+    take_early()              the process start_early started, if any: the team's to wait for
+    spawn()                   start one (the team's own start, at load, uses it too)
+    mark_compiled()           write the marker
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# sys.path[0] of `python -c` is the current folder: in a source checkout its edgellm/ would
+# shadow the installed package (whose kernels are edgellm.kernels), so it goes (as with -P).
+COMMAND = ("import sys; del sys.path[0]; from edgellm.kernels.team import load_team_code; load_team_code(); "
+           "from edgellm.kernels.dispatch import load_repack_code; load_repack_code()")
+MARKER = "kernels-compiled"
+_early: list = []
+
+
+def _marker() -> str:
+    return os.path.join(os.environ.get("NUMBA_CACHE_DIR", ""), MARKER)
+
+
+def has_gguf_magic(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except (OSError, TypeError):
+        return False
+
+
+def spawn() -> subprocess.Popen | None:
+    """The compile process, started (None if no process can start: serve then compiles in the
+    caller's process when first called)."""
+    try:
+        return subprocess.Popen([sys.executable, "-c", COMMAND], env=os.environ.copy(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def start_early(model_path) -> None:
+    if _early or os.path.exists(_marker()):
+        return
+    if model_path is None:
+        from edgellm.default_model import default_model_path
+        from edgellm.errors import EdgeLLMError
+
+        try:
+            model_path = default_model_path()
+        except EdgeLLMError:  # the load that follows says what is wrong
+            return
+    if has_gguf_magic(model_path):
+        process = spawn()
+        if process is not None:
+            _early.append(process)
+
+
+def take_early() -> subprocess.Popen | None:
+    return _early.pop() if _early else None
+
+
+def mark_compiled() -> None:
+    try:
+        with open(_marker(), "a"):
+            pass
+    except OSError:  # a read-only cache: the next run looks at numba's cache itself
+        pass
