@@ -19,10 +19,26 @@ import sys
 
 # sys.path[0] of `python -c` is the current folder: in a source checkout its edgellm/ would
 # shadow the installed package (whose kernels are edgellm.kernels), so it goes (as with -P).
-COMMAND = ("import sys; del sys.path[0]; from edgellm.kernels.team import load_team_code; load_team_code(); "
-           "from edgellm.kernels.dispatch import load_repack_code; load_repack_code()")
+COMMAND = "import sys; del sys.path[0]; from edgellm.compile_ahead import compile_team_code; compile_team_code()"
 MARKER = "kernels-compiled"
 _early: list = []
+
+
+def compile_team_code() -> None:
+    """What the process runs: one at a time per cache folder (a lock file), so that runs started
+    together on a fresh install (or one whose file then proves broken) compile once; the others
+    wait, then find the code in the cache."""
+    import fcntl
+
+    folder = os.environ.get("NUMBA_CACHE_DIR", ".")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "compile.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        from edgellm.kernels.dispatch import load_repack_code
+        from edgellm.kernels.team import load_team_code
+
+        load_team_code()
+        load_repack_code()
 
 
 def _marker() -> str:
