@@ -312,8 +312,16 @@ class Weight:
         if in_dry_run():
             return out
         self.repack()
-        _rows_x8(self.padded, ids, layout_args(self.ggml_type), out)
+        self.rows_into(ids, out)
         return out
+
+    def rows_into(self, row_ids: np.ndarray, out: np.ndarray) -> None:
+        """Rows row_ids (int64, read-only, each in range) into out, float32 [len(row_ids),
+        n_cols], from the bytes as they are now: repacked or as given."""
+        if self.repacked and self.ggml_type in INTERLEAVED_TYPES:
+            _rows_x8(self.padded, row_ids, layout_args(self.ggml_type), out)
+        else:
+            dequantize_rows_serial(self.data, self.ggml_type, row_ids, out)
 
 
 def load_repack_code() -> None:
@@ -776,7 +784,7 @@ def _matmul_many_rows(x: np.ndarray, w: Weight, out: np.ndarray) -> np.ndarray:
     def one_tile(start: int) -> None:
         stop = min(rows, start + tile_rows)
         tile = _scratch(tile_rows * n_cols)[: (stop - start) * n_cols].reshape(stop - start, n_cols)
-        dequantize_rows_serial(data, ggml_type, _readonly(np.arange(start, stop, dtype=np.int64)), tile)
+        w.rows_into(_readonly(np.arange(start, stop, dtype=np.int64)), tile)  # a repacked weight's too
         np.matmul(x, tile.T, out=out[:, start:stop])
 
     parallel_map(one_tile, range(0, rows, tile_rows))

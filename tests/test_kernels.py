@@ -328,6 +328,17 @@ def test_matmul_group_equals_one_matmul_per_weight(tensors):
         np.testing.assert_array_equal(got, matmul(x, tensors[t][0], t, 640))
 
 
+def test_a_prefill_of_a_group_with_a_float_weight_reads_the_repacked_rows(tensors):
+    """A group mixing a float weight with legacy ones multiplies many x rows through BLAS, each
+    weight dequantized tile by tile: a legacy weight from its repacked rows (it was dequantized
+    as the file's layout, giving NaNs and garbage)."""
+    types = (T.Q5_0, T.Q8_0, T.F32)
+    group = kernels.WeightGroup([kernels.Weight(tensors[t][0], t, tensors[t][1]) for t in types])
+    x = np.random.default_rng(5).standard_normal((64, 640), dtype=np.float32)
+    for got, t in zip(group.matmul(x), types):
+        assert_matmul_close(got, x, reference(tensors[t][0], t, 640))
+
+
 @pytest.mark.parametrize("n", [1, 64, 61])
 def test_a_norm_fused_into_the_matmul_gives_the_norm_then_the_matmul_bit_for_bit(tensors, n):
     """Decode (mat-vec) and prefill (GEMM, x quantized by a team job of QX_ROWS-row items: 61
