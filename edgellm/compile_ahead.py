@@ -1,14 +1,16 @@
-"""The second process of a fresh install's compile (kernels/team.py: the team's serve, woke and
-the repacking kernels into numba's disk cache), started by a front end as soon as its flags are
-checked: before the ~0.5 s of importing numba and the kernels that an exact look at numba's cache
-takes. Whether the install is fresh is read from a marker file that a run writes into the cache
-folder once its kernels are ready (LLM); a wrong guess costs only time either way (a process
-that finds serve cached and ends, or the start at load, as without this).
+"""The second process of a fresh install's compile (kernels/team.py: the team's serve, woke, the
+job code of the model's weight types and the repacking kernels into numba's disk cache), started
+by a front end as soon as its flags are checked: before the ~0.5 s of importing numba and the
+kernels that an exact look at numba's cache takes. Whether the install is fresh is read from a
+marker file that a run writes into the cache folder once its kernels are ready (LLM); a wrong
+guess costs only time either way (a process that finds serve cached and ends, or the start at
+load, as without this).
 
-    start_early(model_path)   start it now if the marker is missing and model_path is a GGUF file
-    take_early()              the process start_early started, if any: the team's to wait for
-    spawn()                   start one (the team's own start, at load, uses it too)
-    mark_compiled()           write the marker
+    start_early(model_path)     start it now if the marker is missing and model_path is a GGUF file
+    take_early()                the process start_early started, if any: the team's to wait for
+    spawn()                     start one (the team's own start, at load, uses it too)
+    send_types(process, types)  the model's weight types, whose job code it compiles after serve
+    mark_compiled()             write the marker
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ def compile_team_code() -> None:
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "compile.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        from edgellm.kernels import jobs
         from edgellm.kernels.dispatch import load_repack_code
         from edgellm.kernels.team import load_team_code
 
         load_team_code()
+        types = [int(t) for t in sys.stdin.readline().split() if t.isdigit()]  # send_types
+        for type_set in jobs.use_weight_types(types):
+            jobs.weights_runner(type_set[0])
         load_repack_code()
 
 
@@ -57,10 +63,23 @@ def spawn() -> subprocess.Popen | None:
     """The compile process, started (None if no process can start: serve then compiles in the
     caller's process when first called)."""
     try:
-        return subprocess.Popen([sys.executable, "-c", COMMAND], env=os.environ.copy(), stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-c", COMMAND], env=os.environ.copy(), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return None
+
+
+def send_types(process, ggml_types) -> None:
+    """Tell the process which weight types the model has (one line on its stdin, read once serve
+    is compiled; closed after it: a process whose caller sends none, or ends, reads nothing)."""
+    pipe = getattr(process, "stdin", None)
+    if pipe is None or pipe.closed:
+        return
+    try:
+        pipe.write(" ".join(str(int(t)) for t in ggml_types).encode() + b"\n")
+        pipe.close()
+    except (OSError, ValueError):  # the process has ended
+        pass
 
 
 def start_early(model_path) -> None:

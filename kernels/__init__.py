@@ -58,8 +58,10 @@ __all__ = ["SUPPORTED_TYPES", "Weight", "WeightGroup", "dequantize", "get_rows",
 
 def needs_compiling() -> bool:
     """True when the kernels a forward pass runs have no machine code in numba's disk cache yet
-    (a fresh install, or an upgrade changed their source): the first pass will compile them for
-    several seconds, which a front end should announce."""
-    from . import dispatch, nn, norm, team
+    (a fresh install, an upgrade that changed their source, or a model with weight types whose
+    job code no run has compiled yet): the first pass will compile them for several seconds,
+    which a front end should announce."""
+    from . import dispatch, jobs, nn, norm, team
 
-    return not all(map(team.in_disk_cache, (dispatch._fill_weights, team.serve, norm.rms_norm_rows, nn._fill_attend)))
+    return not (all(map(team.in_disk_cache, (dispatch._fill_weights, team.serve, norm.rms_norm_rows, nn._fill_attend)))
+                and jobs.weight_code_in_disk_cache())

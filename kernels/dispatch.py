@@ -56,7 +56,7 @@ from .gemm import GROUP_ROWS
 from .interleave import INTERLEAVED_TYPES, LAYOUTS, ROWS, ROWS_PAD, dequantize_row_x8, layout_args, repack_rows
 from .matvec import f16_table, quantize_into_8, quantize_into_8k, quantize_into_16
 from .norm import rms_norm, rms_norm_rows
-from .team import in_dry_run, team
+from .team import in_dry_run, team, wait_for_serve
 from .legacy import (
     QK, dequantize_block_q4_0, dequantize_block_q4_1, dequantize_block_q5_0,
     dequantize_block_q5_1, dequantize_block_q8_0,
@@ -412,20 +412,26 @@ class WeightGroup:
         self._decode = {}  # decode: rows of x -> what _matvec needs (_prepare_matvec)
 
     def _lay_out(self) -> None:
-        """jobs: per part (data per weight, their type ids, padding) as _fill_weights takes them,
-        and ranges: what a worker prefetches for the part's decode mat-vec (_ranges), from the
-        weights' bytes as they are now. Outside a dry run a weight not yet repacked is first."""
-        if not in_dry_run():
+        """jobs: per part (data per weight; their type ids over the addresses of their job code,
+        jobs.weights_runner; padding) as _fill_weights takes them, and ranges: what a worker
+        prefetches for the part's decode mat-vec (_ranges), from the weights' bytes as they are
+        now. Outside a dry run a weight not yet repacked is first; inside one (no job runs) the
+        addresses are 0 and the next call lays the weights out again."""
+        dry = in_dry_run()
+        if not dry:
             for w in self.weights:
                 w.repack()
+            wait_for_serve()  # a compile process makes the job code weights_runner loads
         self.jobs = []
         for part in self.parts:
             pad = GROUP - len(part)
+            types = [w.ggml_type for w in part] + [Q8_0] * pad  # a padding weight has no rows: no items
+            runners = [0 if dry or k >= len(part) else jobs.weights_runner(t) for k, t in enumerate(types)]
             self.jobs.append((tuple(w.data for w in part) + (_NO_ROWS,) * pad,
-                              np.array([w.ggml_type for w in part] + [Q8_0] * pad, np.int64), pad))
+                              np.array([types, runners], np.int64), pad))
         self.ranges = _ranges([(w.data,) for w in self.weights])
         self._decode = {}
-        self._laid_out = _repacks[0] if all(w.repacked for w in self.weights) else None
+        self._laid_out = _repacks[0] if not dry and all(w.repacked for w in self.weights) else None
 
     def matmul(self, x: np.ndarray, outs: list[np.ndarray] | None = None, norm=None) -> list[np.ndarray]:
         """outs: C-contiguous float32 [n, rows_W] arrays to write into (else new ones). norm:
@@ -671,7 +677,8 @@ def _item_rows(gemm, rows, row_bytes, n_threads):
 
 @njit(cache=True, nogil=True)
 def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks, norm, eps, quantized):
-    """desc := outs[w] = x @ weights[w].T, x quantized into scratch: jobs.MATVEC for a few x
+    """desc := outs[w] = x @ weights[w].T, types [2, len(weights)]: their ggml types and the
+    addresses of their job code (jobs.weights_runner); x quantized into scratch: jobs.MATVEC for a few x
     rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes); x
     rms-normed first if norm (its weight) is not empty. quantized: scratch holds x's codes
     already (the QUANTIZE_X job: _fill_quantize_x)."""
@@ -688,7 +695,7 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, 
         item_rows = _item_rows(kind == jobs.GEMM, rows, row_bytes, n_threads)
         f = jobs.MV_W0 + jobs.MV_W_FIELDS * w
         desc[f + jobs.W_DATA], desc[f + jobs.W_ROWS], desc[f + jobs.W_ROW_BYTES] = data.ctypes.data, rows, row_bytes
-        desc[f + jobs.W_TYPE], desc[f + jobs.W_OUT] = types[w], outs[w].ctypes.data
+        desc[f + jobs.W_TYPE], desc[f + jobs.W_RUNNER], desc[f + jobs.W_OUT] = types[0, w], types[1, w], outs[w].ctypes.data
         desc[f + jobs.W_FIRST_ITEM], desc[f + jobs.W_ITEM_ROWS] = items, item_rows
         items += -(-rows // item_rows)
     desc[jobs.N_ITEMS] = items

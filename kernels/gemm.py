@@ -320,7 +320,17 @@ TOKEN_BLOCK = 64
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _panel_any(data, ggml_type, r0, f16, codes, fields, panel):
+def panel_scratch(n_rows, n_cols):
+    """(panels, codes, fields): an item's panels of n_rows rows and what a K-quant's are
+    unpacked through (panel_of)."""
+    panels = np.empty((-(-n_rows // GROUP_ROWS), (n_cols // 32) * PANEL_SUB_BYTES), np.uint8)
+    codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
+    fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
+    return panels, codes, fields
+
+
+@njit(cache=True, nogil=True, inline="always")
+def panel_of(data, ggml_type, r0, f16, codes, fields, panel):
     """The panel of rows r0.. of data: the legacy types' from their chunks, the K-quants' through
     codes and fields (unpacked row by row, then transposed)."""
     if ggml_type == Q8_0:
@@ -363,10 +373,7 @@ def gemm_rows(data, ggml_type, xq, xd, xs32, xs16, f16, out, start, stop):
     xd, xs32, xs16 [n, ...]); start a multiple of GROUP_ROWS; the legacy types repacked
     (interleave.py). One work item of a team job (jobs.GEMM): the item's panels first, then
     tokens TOKEN_BLOCK at a time against each."""
-    n_cols = xq.shape[1]
-    panels = np.empty((-(-(stop - start) // GROUP_ROWS), (n_cols // 32) * PANEL_SUB_BYTES), np.uint8)
-    codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
-    fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
+    panels, codes, fields = panel_scratch(stop - start, xq.shape[1])
     for p in range(panels.shape[0]):
-        _panel_any(data, ggml_type, start + GROUP_ROWS * p, f16, codes, fields, panels[p])
+        panel_of(data, ggml_type, start + GROUP_ROWS * p, f16, codes, fields, panels[p])
     panels_times_x(panels, start, data.shape[0], xq, xd, xs32, xs16, out, ggml_type == Q6_K)

@@ -42,7 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .floats import half_to_float
-from .gemm import GROUP_ROWS, PANEL_SUB_BYTES, panels_times_x, transpose_panel
+from .gemm import GROUP_ROWS, panel_scratch, panels_times_x, transpose_panel
 from .jit import njit
 from .simd import (
     NEON, X86, AVX2, CPU_FEATURES, F32, I8, I32, I64, ILANES, PREFETCH_BYTES, Emitter, declare, idot, idot_signed, outlined,
@@ -405,10 +405,7 @@ unpack_sparse_q8 = _unpack_sparse(True)
 def gemm_sparse_rows(values, index, scales, xq, xd, xs32, xs16, f16, out, start, stop, q8):
     """out[:, start:stop] = x @ W[start:stop].T for x quantized to 16 bits (gemm.gemm_rows for
     the compact planes); start a multiple of gemm.GROUP_ROWS. One work item of jobs.SPARSE_GEMM."""
-    n_cols = xq.shape[1]
-    panels = np.empty((-(-(stop - start) // GROUP_ROWS), (n_cols // 32) * PANEL_SUB_BYTES), np.uint8)
-    codes = np.empty((GROUP_ROWS, n_cols), np.uint8)
-    fields = np.empty((4, n_cols // 32, GROUP_ROWS), np.float32)
+    panels, codes, fields = panel_scratch(stop - start, xq.shape[1])
     for p in range(panels.shape[0]):
         if q8:
             unpack_sparse_q8(values, index, scales, start + GROUP_ROWS * p, f16, codes, fields)

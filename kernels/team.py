@@ -39,6 +39,7 @@ from numba import types
 
 from .atomics import atomic_add, atomic_cas, atomic_load, atomic_store, cpu_relax, prefetch
 from .jit import njit
+from . import jobs
 from .jobs import DESC_SIZE, N_ITEMS, PF0, PF_RANGES, run_item
 
 LEFT, DONE, ASLEEP, STOP, REST = 0, 8, 16, 24, 32  # int64 offsets, 64 bytes apart
@@ -122,12 +123,12 @@ def _spin(n):
         cpu_relax()
 
 
-# A fresh install compiles serve (every job's code: most of a first run's compile time) in a
-# second process while this one goes on loading the model and compiling the other kernels (numba
-# compiles one function at a time per process); the first call of serve then loads its machine
-# code from numba's disk cache. That process then compiles what this one runs only after its
-# warm-up too (woke, the repacking kernels: dispatch.load_repack_code), so that the two finish
-# together. It is edgellm.compile_ahead's (a front end may have started it before numba was
+# A fresh install compiles serve (every job's code but the weights') in a second process while
+# this one goes on loading the model and compiling the other kernels (numba compiles one function
+# at a time per process); the first call of serve then loads its machine code from numba's disk
+# cache. That process then compiles what this one runs only after its warm-up too (woke, the
+# model's weight types' job code: compile_weight_code, the repacking kernels:
+# dispatch.load_repack_code), so that the two finish together. It is edgellm.compile_ahead's (a front end may have started it before numba was
 # imported). _compiler: that process while it runs.
 _compiler: list = []
 _compiler_lock = threading.Lock()
@@ -169,12 +170,29 @@ def start_compiling_serve() -> bool:
         return True
 
 
-def wait_for_serve() -> None:
-    """Wait for the compiling process, if any (whatever its outcome: if it failed, serve
-    compiles here when first called)."""
+def compile_weight_code(ggml_types) -> None:
+    """The weight types a model multiplies by: their job code comes from one C function for the
+    set (jobs.use_weight_types), which the compiling process, if one runs, compiles next."""
+    from edgellm import compile_ahead
+
+    jobs.use_weight_types(ggml_types)
+    with _compiler_lock:
+        for process in _compiler:
+            compile_ahead.send_types(process, ggml_types)
+
+
+def wait_for_serve(types_sent: bool = True) -> None:
+    """Wait for the compiling process, if any (whatever its outcome: if it failed, serve and
+    the weights' job code compile here when first called). types_sent: no weight types come
+    after this (compile_weight_code), the process need not wait for them; a team's worker,
+    which waits from its start, before the model is read, leaves that to the loading thread."""
+    from edgellm import compile_ahead
+
     with _compiler_lock:
         running = list(_compiler)
     for process in running:  # waited on outside the lock, which start_compiling_serve takes
+        if types_sent:
+            compile_ahead.send_types(process, ())
         process.wait()
     with _compiler_lock:
         if _compiler == running:
@@ -182,12 +200,14 @@ def wait_for_serve() -> None:
 
 
 def load_team_code() -> None:
-    """serve's and woke's machine code in this process now (from the disk cache, or compiled
-    here), rather than on a first job or a worker's first wake-up: before a caller gives the
-    compiler's pages back (LLM._compile_if_needed)."""
+    """serve's, woke's and the named weight types' job code (compile_weight_code) in this
+    process now (from the disk cache, or compiled here), rather than on a first job or a
+    worker's first wake-up: before a caller gives the compiler's pages back
+    (LLM._compile_if_needed)."""
     wait_for_serve()
     serve.compile(SERVE_TYPES)
     woke.compile(SERVE_TYPES[:1])
+    jobs.load_weight_code()
 
 
 def in_dry_run() -> bool:
@@ -233,7 +253,7 @@ class Team:
             w.start()
 
     def _serve(self, wakeup: threading.Event) -> None:
-        wait_for_serve()
+        wait_for_serve(types_sent=False)
         while serve(self.ctl, self.desc, False, self.idle_spins) == RETURN_IDLE:
             wakeup.wait()
             wakeup.clear()

@@ -328,6 +328,24 @@ def test_matmul_group_equals_one_matmul_per_weight(tensors):
         np.testing.assert_array_equal(got, matmul(x, tensors[t][0], t, 640))
 
 
+def test_a_models_weight_types_share_one_c_function(tensors):
+    """The job code of the weight types a model has is one C function per TYPE_SLOTS types
+    (jobs.use_weight_types), which every weight of those types runs, each through its own
+    type's kernels."""
+    from edgellm.kernels import jobs
+
+    assert jobs.weight_type_sets([T.Q6_K, T.Q5_0, T.Q4_K, T.Q8_0, T.Q5_0]) == [(6, 8, 12, 14)]
+    assert jobs.weight_type_sets(range(5)) == [(0, 1, 2, 3), (4,)]
+    types = (T.Q5_0, T.Q8_0, T.F32)
+    assert jobs.use_weight_types(types) == [(0, 6, 8)]
+    group = kernels.WeightGroup([kernels.Weight(tensors[t][0], t, tensors[t][1]) for t in types])
+    x = np.random.default_rng(2).standard_normal((2, 640), dtype=np.float32)
+    for got, t in zip(group.matmul(x), types):
+        assert_matmul_close(got, seen_x(x, t), reference(tensors[t][0], t, 640))
+    (data, ids, pad), = group.jobs
+    assert list(ids[0, :3]) == list(types) and set(ids[1, :3]) == {jobs._weights_cfunc((0, 6, 8)).address}
+
+
 def test_a_prefill_of_a_group_with_a_float_weight_reads_the_repacked_rows(tensors):
     """A group mixing a float weight with legacy ones multiplies many x rows through BLAS, each
     weight dequantized tile by tile: a legacy weight from its repacked rows (it was dequantized
@@ -468,11 +486,13 @@ def test_unsupported_type_is_refused(tensors):
 def test_kernels_load_from_the_disk_cache_in_a_new_process(tensors):
     data, n_cols = tensors[T.Q8_0]
     matmul(np.ones((1, n_cols), np.float32), data, T.Q8_0, n_cols)  # compiled and cached here
+    kernels.jobs._weights_cfunc((int(T.Q8_0),))  # Q8_0's job code where a process has named no types
     script = (
         "import numpy as np\n"
-        "from edgellm.kernels import dispatch, matmul, team\n"
+        "from edgellm.kernels import dispatch, jobs, matmul, team\n"
         "matmul(np.ones((1, 32), np.float32), np.zeros((1, 34), np.uint8), 8, 32)\n"
-        "print(sum(dispatch._fill_weights.stats.cache_misses.values()) + sum(team.serve.stats.cache_misses.values()))\n"
+        "print(sum(dispatch._fill_weights.stats.cache_misses.values()) + sum(team.serve.stats.cache_misses.values())"
+        " + 1 - jobs._weights_cfunc((8,)).cache_hits)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=os.environ.copy(), timeout=120)

@@ -304,7 +304,7 @@ def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, mon
     monkeypatch.setattr(team, "start_compiling_serve", lambda: True)
     monkeypatch.setattr(team, "in_disk_cache", lambda kernel: landed)
     waits, dry, batches, posted_dry = [], [], [], []
-    monkeypatch.setattr(team, "wait_for_serve", lambda: waits.append(len(dry)))
+    monkeypatch.setattr(team, "wait_for_serve", lambda types_sent=True: waits.append(len(dry)))
     real_serve = team.serve
 
     def serve(ctl, desc, post, idle_spins):
@@ -336,10 +336,13 @@ def test_a_warm_up_while_serve_compiles_elsewhere_runs_dry_first(model_path, mon
 
 @pytest.mark.slow
 def test_serve_compiles_in_a_second_process_on_a_fresh_install(tmp_path):
-    """A fresh cache: start_compiling_serve starts a process whose compile lands in the cache."""
-    code = ("from edgellm.kernels import team; assert not team.in_disk_cache(team.serve); "
-            "assert team.start_compiling_serve(); team.wait_for_serve(); assert team.in_disk_cache(team.serve); "
-            "assert not team.start_compiling_serve()")
+    """A fresh cache: start_compiling_serve starts a process whose compile lands in the cache,
+    the job code of the weight types it is then told of (one C function for the set) too."""
+    code = ("from edgellm.kernels import jobs, team; assert not team.in_disk_cache(team.serve); "
+            "assert team.start_compiling_serve(); team.compile_weight_code([12, 8, 12]); "
+            "assert not jobs.weight_code_in_disk_cache(); team.wait_for_serve(); assert jobs.weight_code_in_disk_cache(); "
+            "assert team.in_disk_cache(team.serve); assert not team.start_compiling_serve(); "
+            "assert jobs._weights_cfunc((8, 12)).cache_hits == 1")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=600)
 
