@@ -41,9 +41,8 @@ def compile_team_code() -> None:
         from edgellm.kernels.team import load_team_code
 
         load_team_code()
-        types = [int(t) for t in sys.stdin.readline().split() if t.isdigit()]  # send_types
-        for type_set in jobs.use_weight_types(types):
-            jobs.weights_runner(type_set[0])
+        jobs.use_weight_types(int(t) for t in sys.stdin.readline().split() if t.isdigit())  # send_types
+        jobs.load_weight_code()
         load_repack_code()
 
 

@@ -85,7 +85,8 @@ class LLM:
         if arch not in ARCHITECTURES:
             raise GGUFError(f"unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
         self.model = ARCHITECTURES[arch](self.gguf)
-        team.compile_weight_code({layer.weight.ggml_type for layer in self.model.linear_layers() if layer.weight is not None})
+        team.compile_weight_code({layer.weight.ggml_type for layer in self.model.linear_layers()
+                                  if layer.weight is not None})
         self.hparams = self.model.hp
         model_kind = self.gguf.get("tokenizer.ggml.model")
         self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata) if model_kind not in (None, "none") else None

@@ -678,8 +678,8 @@ def _item_rows(gemm, rows, row_bytes, n_threads):
 @njit(cache=True, nogil=True)
 def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, k_blocks, norm, eps, quantized):
     """desc := outs[w] = x @ weights[w].T, types [2, len(weights)]: their ggml types and the
-    addresses of their job code (jobs.weights_runner); x quantized into scratch: jobs.MATVEC for a few x
-    rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes); x
+    addresses of their job code (jobs.weights_runner); x quantized into scratch: jobs.MATVEC for
+    a few x rows (8-bit codes; Q8_K blocks with k_blocks), jobs.GEMM for many (16-bit codes); x
     rms-normed first if norm (its weight) is not empty. quantized: scratch holds x's codes
     already (the QUANTIZE_X job: _fill_quantize_x)."""
     n, n_cols = x.shape
@@ -695,7 +695,8 @@ def _fill_weights(desc, kind, weights, types, x, f16, outs, n_threads, scratch, 
         item_rows = _item_rows(kind == jobs.GEMM, rows, row_bytes, n_threads)
         f = jobs.MV_W0 + jobs.MV_W_FIELDS * w
         desc[f + jobs.W_DATA], desc[f + jobs.W_ROWS], desc[f + jobs.W_ROW_BYTES] = data.ctypes.data, rows, row_bytes
-        desc[f + jobs.W_TYPE], desc[f + jobs.W_RUNNER], desc[f + jobs.W_OUT] = types[0, w], types[1, w], outs[w].ctypes.data
+        desc[f + jobs.W_TYPE], desc[f + jobs.W_RUNNER] = types[0, w], types[1, w]
+        desc[f + jobs.W_OUT] = outs[w].ctypes.data
         desc[f + jobs.W_FIRST_ITEM], desc[f + jobs.W_ITEM_ROWS] = items, item_rows
         items += -(-rows // item_rows)
     desc[jobs.N_ITEMS] = items

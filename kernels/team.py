@@ -128,8 +128,8 @@ def _spin(n):
 # at a time per process); the first call of serve then loads its machine code from numba's disk
 # cache. That process then compiles what this one runs only after its warm-up too (woke, the
 # model's weight types' job code: compile_weight_code, the repacking kernels:
-# dispatch.load_repack_code), so that the two finish together. It is edgellm.compile_ahead's (a front end may have started it before numba was
-# imported). _compiler: that process while it runs.
+# dispatch.load_repack_code), so that the two finish together. It is edgellm.compile_ahead's (a
+# front end may have started it before numba was imported). _compiler: that process while it runs.
 _compiler: list = []
 _compiler_lock = threading.Lock()
 SERVE_TYPES = (types.int64[::1], types.int64[::1], types.boolean, types.int64)  # ctl, desc, post, idle_spins

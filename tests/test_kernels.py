@@ -194,7 +194,8 @@ def test_a_repacked_weight_looks_rows_up_as_the_file_holds_them(tensors, qtype):
 
 def test_a_deferred_weight_is_repacked_by_its_first_job_and_not_by_a_dry_run(tensors):
     """A model's weights wait (defer) until its kernels are loaded: a dry run's jobs leave them
-    as they are, the first real job repacks them and multiplies by the repacked rows."""
+    as they are, the first real job repacks them and multiplies by the repacked rows. A dry run
+    after that (its layout has no job code) leaves the next real job its own."""
     from edgellm.kernels import team
 
     data, n_cols = tensors[T.Q5_0]
@@ -206,6 +207,9 @@ def test_a_deferred_weight_is_repacked_by_its_first_job_and_not_by_a_dry_run(ten
     assert not w.repacked and np.shares_memory(w.data, data)
     np.testing.assert_array_equal(group.matmul(x)[0], matmul(x, data, T.Q5_0, n_cols))
     assert w.repacked and not np.shares_memory(w.data, data)
+    with team.dry_run():
+        group.matmul(x)
+    np.testing.assert_array_equal(group.matmul(x)[0], matmul(x, data, T.Q5_0, n_cols))
 
 
 def test_repacking_hands_each_step_of_source_rows_to_release(tensors, monkeypatch):

@@ -340,7 +340,8 @@ def test_serve_compiles_in_a_second_process_on_a_fresh_install(tmp_path):
     the job code of the weight types it is then told of (one C function for the set) too."""
     code = ("from edgellm.kernels import jobs, team; assert not team.in_disk_cache(team.serve); "
             "assert team.start_compiling_serve(); team.compile_weight_code([12, 8, 12]); "
-            "assert not jobs.weight_code_in_disk_cache(); team.wait_for_serve(); assert jobs.weight_code_in_disk_cache(); "
+            "assert not jobs.weight_code_in_disk_cache(); team.wait_for_serve(); "
+            "assert jobs.weight_code_in_disk_cache(); "
             "assert team.in_disk_cache(team.serve); assert not team.start_compiling_serve(); "
             "assert jobs._weights_cfunc((8, 12)).cache_hits == 1")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}

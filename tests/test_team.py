@@ -28,8 +28,8 @@ def _run_matvec(t: team.Team, data: np.ndarray, x: np.ndarray, prefetch=None) ->
     empty = dispatch._NO_ROWS
     repacked = dispatch.Weight(data, T.Q8_0, x.shape[1]).data
     with t.lock:
-        dispatch._fill_weights(t.desc, jobs.MATVEC, (repacked, empty, empty),
-                               np.array([[int(T.Q8_0)] * 3, [jobs.weights_runner(T.Q8_0), 0, 0]]), dispatch._readonly(x),
+        types = np.array([[int(T.Q8_0)] * 3, [jobs.weights_runner(T.Q8_0), 0, 0]])  # type ids, job code
+        dispatch._fill_weights(t.desc, jobs.MATVEC, (repacked, empty, empty), types, dispatch._readonly(x),
                                dispatch._F16, (out, np.empty((x.shape[0], 0), np.float32),
                                                np.empty((x.shape[0], 0), np.float32)),
                                t.n_threads, t.scratch(dispatch._scratch_bytes(jobs.MATVEC, *x.shape)), False,
